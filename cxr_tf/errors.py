@@ -1,0 +1,58 @@
+"""The project's own error types.
+
+Every failure caused by user input is raised as a subclass of :class:`CXRError`,
+with the offending file (when there is one) and a plain-language cause, so a user
+never has to read a traceback from deep inside TensorFlow or pydicom.
+"""
+from __future__ import annotations
+
+import os
+
+
+class CXRError(Exception):
+    """Base class for every error cxr_tf raises on purpose."""
+
+
+class CXRInputError(CXRError, ValueError):
+    """A file or value given by the user cannot be used.
+
+    Args:
+        path: the file concerned (``None`` when the problem is not tied to a file).
+        cause: what is wrong, in words a user can act on.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, cause: str):
+        self.path = None if path is None else os.fspath(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}" if self.path else cause)
+
+    def __reduce__(self):  # keep picklable (used across worker processes)
+        return (type(self), (self.path, self.cause))
+
+
+class CXRImageError(CXRInputError):
+    """An image file (PNG, JPEG, DICOM, ...) cannot be read or decoded."""
+
+
+class CXRDicomError(CXRImageError):
+    """A DICOM file is unusable: no pixel data, unsupported transfer syntax, ..."""
+
+
+class CXRDatasetError(CXRInputError):
+    """A dataset folder, manifest or label file is malformed."""
+
+
+class CXRLeakageError(CXRError):
+    """A patient appears in more than one split."""
+
+
+class CXRConfigError(CXRError, ValueError):
+    """A configuration value is invalid."""
+
+
+class CXRWeightsError(CXRError):
+    """Pretrained weights cannot be obtained (offline, missing or mismatched file)."""
+
+
+class CXRModelError(CXRError, ValueError):
+    """A model cannot be built or used as asked (e.g. unknown layer name)."""
