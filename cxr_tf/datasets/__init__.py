@@ -1,0 +1,22 @@
+"""Sources -> one dataset contract; patient-level splits."""
+from cxr_tf.datasets.contract import CXRDataset, concat
+from cxr_tf.datasets.sources import (
+    FORMATS,
+    KERMANY_3CLASS,
+    KERMANY_PNEUMONIA,
+    detect_format,
+    kermany_patient_id,
+    load_csv_manifest,
+    load_dataset,
+    load_folder,
+    load_kermany,
+    load_medmnist,
+)
+from cxr_tf.datasets.splits import (
+    check_leakage,
+    kfold_patient_splits,
+    load_splits,
+    patient_split,
+    save_splits,
+    split_summary,
+)

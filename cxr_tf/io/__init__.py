@@ -1,0 +1,27 @@
+"""Image and DICOM reading outside the TF graph: format sniffing, decoding,
+validation and the decode-once PNG cache for DICOM.
+
+Every failure is a :class:`cxr_tf.errors.CXRImageError` (``CXRDicomError`` for
+DICOM) naming the file and the cause.
+"""
+from ._common import DEFAULT_MAX_PIXELS
+from .cache import cache_key, to_png_cache
+from .dicom import SAFE_DICOM_TAGS, dicom_metadata_safe, read_dicom
+from .formats import SUPPORTED_FORMATS, TF_DECODABLE_FORMATS, sniff_format
+from .images import read_image
+from .validate import validate_images, write_skip_list
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SAFE_DICOM_TAGS",
+    "SUPPORTED_FORMATS",
+    "TF_DECODABLE_FORMATS",
+    "cache_key",
+    "dicom_metadata_safe",
+    "read_dicom",
+    "read_image",
+    "sniff_format",
+    "to_png_cache",
+    "validate_images",
+    "write_skip_list",
+]

@@ -1,0 +1,2 @@
+"""Custom Keras layers (portable: keras.layers / keras.ops only)."""
+from cxr_tf.layers.preprocessing import BackboneInput

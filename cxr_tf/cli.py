@@ -1,0 +1,95 @@
+"""``cxr-tf``: the command line.
+
+    cxr-tf train pneumonia_freeze [flags]     run an experiment (same as python -m cxr_tf.experiments.NAME)
+    cxr-tf evaluate --model DIR --data-dir DIR [--format ...]
+    cxr-tf augment-grid --policy s2 IMAGE... --out grid.png
+    cxr-tf inspect saved_models/NAME/VERSION  (saved_model_cli show --all)
+    cxr-tf info                               backbones, policies, experiments
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+
+from cxr_tf.errors import CXRError
+
+
+def _experiments() -> list[str]:
+    import cxr_tf.experiments as ex
+
+    return sorted(m.name for m in pkgutil.iter_modules(ex.__path__) if m.name != "common")
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="cxr-tf", description="cxr_tf: chest X-ray deep learning with Keras/TensorFlow")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="run an experiment", add_help=False)
+    t.add_argument("experiment")
+    from cxr_tf import evaluate as ev
+
+    ev.add_arguments(sub.add_parser("evaluate", help="score an exported model on a dataset"))
+    g = sub.add_parser("augment-grid", help="write a PNG grid of augmented images")
+    g.add_argument("images", nargs="+")
+    g.add_argument("--policy", default="s2")
+    g.add_argument("--out", default="augment_grid.png")
+    g.add_argument("--image-size", type=int, default=224)
+    g.add_argument("--n", type=int, default=5)
+    g.add_argument("--seed", type=int, default=0)
+    i = sub.add_parser("inspect", help="saved_model_cli show --all on an export")
+    i.add_argument("path")
+    sub.add_parser("info", help="list backbones, augmentation policies and experiments")
+
+    if argv[:1] == ["train"]:
+        a, rest = p.parse_known_args(argv)
+    else:
+        a, rest = p.parse_args(argv), []
+    try:
+        if a.cmd == "train":
+            if a.experiment not in _experiments():
+                p.error(f"unknown experiment {a.experiment!r}; choose from {_experiments()}")
+            return importlib.import_module(f"cxr_tf.experiments.{a.experiment}").main(rest)
+        if a.cmd == "evaluate":
+            ev.evaluate_exported(a.model, a.data_dir, a.format, a.out, a.threshold, a.on_error, a.batch_size,
+                                 a.splits, a.split_name)
+        elif a.cmd == "augment-grid":
+            _augment_grid(a)
+        elif a.cmd == "inspect":
+            from cxr_tf.export import inspect_with_cli
+
+            print(inspect_with_cli(a.path))
+        elif a.cmd == "info":
+            from cxr_tf.data import POLICIES
+            from cxr_tf.models import list_backbones
+
+            print("backbones:  ", ", ".join(list_backbones()))
+            print("augmentation:", ", ".join(POLICIES))
+            print("experiments:", ", ".join(_experiments()))
+    except CXRError as e:
+        print(f"cxr_tf: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _augment_grid(a) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    from cxr_tf.data import augmentation_grid, prepare_image
+    from cxr_tf.io import read_image
+
+    imgs = []
+    for path in a.images:
+        arr = read_image(path)  # any supported format, with the project's errors
+        png = tf.io.encode_png(np.clip((arr - arr.min()) / max(np.ptp(arr), 1e-6) * 65535, 0, 65535).astype(np.uint16)[..., None])
+        imgs.append(prepare_image(png, a.image_size).numpy())
+    augmentation_grid(np.stack(imgs), a.policy, a.out, n_aug=a.n, seed=a.seed)
+    print(f"[cxr_tf] wrote {a.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

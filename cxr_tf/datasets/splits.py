@@ -1,0 +1,140 @@
+"""Patient-level splits: hold-out (8:1:1 by default) and k-fold, stratified by class.
+
+Splits are by patient, always: a patient's images never straddle train and test.
+Every split can be saved with the run (``splits.csv``: item, patient, split) and
+loaded back, and :func:`check_leakage` fails loudly if a patient spans splits.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from cxr_tf.datasets.contract import CXRDataset
+from cxr_tf.errors import CXRConfigError, CXRDatasetError, CXRLeakageError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _patient_strata(ds: CXRDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Unique patients and one stratum per patient (their most frequent class)."""
+    pids = ds.patient_ids
+    if ds.multilabel:
+        uniq = np.unique(pids)
+        return uniq, np.zeros(len(uniq), int)
+    cls = ds.class_index()
+    df = pd.DataFrame({"p": pids, "c": cls})
+    strata = df.groupby("p")["c"].agg(lambda s: s.value_counts().index[0])
+    return strata.index.to_numpy(), strata.to_numpy()
+
+
+def _stratify_or_none(strata: np.ndarray, n_test: float) -> np.ndarray | None:
+    _, counts = np.unique(strata, return_counts=True)
+    # sklearn needs >= 2 members per stratum and room for every stratum in each side.
+    if counts.min() < 2 or n_test < len(counts):
+        return None
+    return strata
+
+
+def patient_split(
+    ds: CXRDataset, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> np.ndarray:
+    """Assign every item to ``train``/``val``/``test`` by patient, stratified by class.
+
+    Args:
+        ds: the dataset.
+        fractions: train, val, test fractions of *patients* (summing to 1).
+        seed: the shuffling seed (saved with the run, so the split is reproducible).
+
+    Returns:
+        An array of split names aligned with ``ds.items``.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise CXRConfigError(f"split fractions must be three non-negative numbers summing to 1; got {fractions}")
+    patients, strata = _patient_strata(ds)
+    if len(patients) < 3:
+        raise CXRDatasetError(None, f"{ds.name}: {len(patients)} patients cannot be split three ways")
+    f_train, f_val, f_test = fractions
+    rest_frac = f_val + f_test
+    n_rest = max(2, int(round(rest_frac * len(patients))))
+    p_train, p_rest, _, s_rest = train_test_split(
+        patients, strata, test_size=n_rest, random_state=seed, stratify=_stratify_or_none(strata, n_rest)
+    )
+    n_test = max(1, int(round(len(p_rest) * f_test / rest_frac))) if rest_frac else 0
+    p_val, p_test = train_test_split(
+        p_rest, test_size=n_test, random_state=seed, stratify=_stratify_or_none(s_rest, min(n_test, len(p_rest) - n_test))
+    )
+    where = {p: "train" for p in p_train}
+    where.update({p: "val" for p in p_val})
+    where.update({p: "test" for p in p_test})
+    split = np.array([where[p] for p in ds.patient_ids], dtype=object)
+    check_leakage(split, ds.patient_ids)
+    return split
+
+
+def kfold_patient_splits(ds: CXRDataset, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k patient-disjoint folds, stratified by class: ``[(train_idx, val_idx), ...]``.
+
+    With k=9 each fold is train:val 8:1 (seed 004); the default k=5 gives 4:1.
+    """
+    if k < 2:
+        raise CXRConfigError(f"k must be >= 2; got {k}")
+    y = np.zeros(len(ds), int) if ds.multilabel else ds.class_index()
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = []
+    for tr, va in cv.split(np.zeros(len(ds)), y, groups=ds.patient_ids):
+        s = np.full(len(ds), "", dtype=object)
+        s[tr], s[va] = "train", "val"
+        check_leakage(s, ds.patient_ids)
+        folds.append((tr, va))
+    return folds
+
+
+def check_leakage(split: Sequence[str], patient_ids: Sequence[str]) -> None:
+    """Raise :class:`CXRLeakageError` if any patient has items in two splits."""
+    df = pd.DataFrame({"s": np.asarray(split), "p": np.asarray(patient_ids)})
+    df = df[df["s"] != ""]
+    n = df.groupby("p")["s"].nunique()
+    bad = n[n > 1]
+    if len(bad):
+        ex = ", ".join(map(str, bad.index[:5]))
+        raise CXRLeakageError(f"{len(bad)} patients appear in more than one split (e.g. {ex})")
+
+
+def save_splits(path: str | os.PathLike, ds: CXRDataset, split: Sequence[str]) -> None:
+    """Write ``item, patient, split`` (plus class) as CSV, for the run folder."""
+    df = pd.DataFrame({"item": ds.item_names, "patient": ds.patient_ids, "split": np.asarray(split)})
+    if not ds.multilabel:
+        df["label"] = np.array(ds.class_names)[ds.class_index()]
+    df.to_csv(path, index=False)
+
+
+def load_splits(path: str | os.PathLike, ds: CXRDataset) -> np.ndarray:
+    """Read a saved ``splits.csv`` back onto ``ds`` (items matched by name)."""
+    df = pd.read_csv(path)
+    where = dict(zip(df["item"].astype(str), df["split"].astype(str)))
+    names = ds.item_names
+    missing = [n for n in names if n not in where]
+    if missing:
+        raise CXRDatasetError(path, f"{len(missing)} items of {ds.name} are not in the split file (e.g. {missing[0]})")
+    split = np.array([where[n] for n in names], dtype=object)
+    check_leakage(split, ds.patient_ids)
+    return split
+
+
+def split_summary(ds: CXRDataset, split: Sequence[str]) -> pd.DataFrame:
+    """Images per class and patients per split, as a table to print and save."""
+    split = np.asarray(split)
+    rows = []
+    for s in SPLIT_NAMES:
+        m = split == s
+        if not m.any():
+            continue
+        sub = ds.subset(m)
+        row = {"split": s, "images": int(m.sum()), "patients": int(sub.meta["patient_id"].nunique())}
+        row.update(sub.class_counts())
+        rows.append(row)
+    return pd.DataFrame(rows)

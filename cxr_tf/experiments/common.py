@@ -1,0 +1,198 @@
+"""The shared flow of a classification experiment.
+
+data -> checked items -> patient-level split (saved) -> pipelines -> model under the
+strategy -> fit with the standard callbacks -> best checkpoint -> validation
+threshold -> test metrics, plots, report -> SavedModel export (verified).
+Experiments call these steps; each step is usable on its own.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cxr_tf.datasets import CXRDataset, load_dataset, load_splits, patient_split, save_splits, split_summary
+from cxr_tf.errors import CXRConfigError
+
+
+def log(msg: str) -> None:
+    print(f"[cxr_tf] {msg}", flush=True)
+
+
+def setup_runtime(cfg):
+    """Seeds, determinism and the distribution strategy (before any other TF op)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from cxr_tf.training.strategy import make_strategy
+
+    strategy = make_strategy(cfg.strategy, cfg.cpu_devices)
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return strategy
+
+
+def parse_split(spec: str) -> tuple[float, float, float] | None:
+    """``"8:1:1"`` / ``"0.8,0.1,0.1"`` -> fractions; a path -> None (load the file)."""
+    if os.path.exists(spec):
+        return None
+    parts = spec.replace(",", ":").split(":")
+    try:
+        vals = [float(v) for v in parts]
+    except ValueError:
+        raise CXRConfigError(f"--split must be like 8:1:1 or a splits.csv path; got {spec!r}") from None
+    if len(vals) != 3 or sum(vals) <= 0:
+        raise CXRConfigError(f"--split needs three parts train:val:test; got {spec!r}")
+    total = sum(vals)
+    return tuple(v / total for v in vals)
+
+
+def make_split(cfg, ds: CXRDataset, run) -> np.ndarray:
+    """Patient-level split from ``cfg.split``; saved as ``splits.csv`` in the run folder."""
+    fr = parse_split(cfg.split)
+    split = load_splits(cfg.split, ds) if fr is None else patient_split(ds, fr, seed=cfg.seed)
+    save_splits(run / "splits.csv", ds, split)
+    table = split_summary(ds, split)
+    table.to_csv(run / "split_summary.csv", index=False)
+    log("split (patient-level):\n" + table.to_string(index=False))
+    return split
+
+
+def check_items(cfg, ds: CXRDataset, run) -> CXRDataset:
+    """Validate files (and cache DICOM); with ``--on-error skip`` list skipped files."""
+    from cxr_tf.data import prepare_items
+
+    t = time.time()
+    ds, skipped = prepare_items(ds, cache_dir=cfg.cache_dir, on_error=cfg.on_error)
+    skipped = list(getattr(ds, "skipped", [])) + list(skipped)
+    with open(run / "skipped.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "cause"])
+        w.writerows(skipped)
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable files (listed in {run / 'skipped.csv'})")
+    log(f"checked {len(ds)} images in {time.time() - t:.1f}s")
+    return ds
+
+
+def load_experiment_data(cfg, classes: str = "3class") -> CXRDataset:
+    """``--data-dir`` through the dataset contract, or the embedded synthetic CXRs."""
+    if cfg.data_dir:
+        kwargs = {}
+        from cxr_tf.datasets import detect_format
+
+        fmt = detect_format(cfg.data_dir) if cfg.format == "auto" else cfg.format
+        if fmt == "kermany":
+            kwargs = {"classes": classes, "on_error": cfg.on_error}
+        return load_dataset(cfg.data_dir, fmt, **kwargs)
+    from cxr_tf.datasets.synthetic import make_synthetic_cxr
+
+    names = ("bacterial", "viral", "normal") if classes == "3class" else ("normal", "pneumonia")
+    return make_synthetic_cxr(n=cfg.synthetic_n, image_size=cfg.image_size, seed=cfg.seed, class_names=names)
+
+
+def build_pipelines(cfg, ds: CXRDataset, split: np.ndarray, strategy):
+    from cxr_tf.data import build_pipeline
+
+    train_ds, val_ds, test_ds = (ds.subset(split == s) for s in ("train", "val", "test"))
+    balance = cfg.balance if cfg.balance == "oversample" else "none"
+    train = build_pipeline(train_ds, cfg.image_size, cfg.batch_size, training=True, policy=cfg.augment,
+                           balance=balance, seed=cfg.seed)
+    val = build_pipeline(val_ds, cfg.image_size, cfg.batch_size, training=False)
+    test = build_pipeline(test_ds, cfg.image_size, cfg.batch_size, training=False)
+    return (train_ds, val_ds, test_ds), (train, val, test)
+
+
+def fit(cfg, model, train_ds, pipes, run, extra_callbacks=()):
+    """Fit with the standard callbacks; returns (history dict, seconds)."""
+    from cxr_tf.data import class_weights
+    from cxr_tf.training.callbacks import ConfusionMatrixLogger, SampleImagesLogger, standard_callbacks
+
+    train, val, _ = pipes
+    cbs = standard_callbacks(run, patience=cfg.early_stopping)
+    cbs.append(SampleImagesLogger(train.dataset, str(run.tensorboard), model.class_names))
+    if not model.multilabel:
+        y_val = np.concatenate([np.asarray(y).argmax(1) for _, y in val.dataset])
+        cbs.append(ConfusionMatrixLogger(val.dataset, y_val, str(run.tensorboard), model.class_names))
+    cbs += list(extra_callbacks)
+    cw = class_weights(train_ds) if cfg.balance == "class_weight" else None
+    t = time.time()
+    hist = model.fit(train.dataset, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
+                     callbacks=cbs, class_weight=cw, verbose=2)
+    return hist.history, time.time() - t
+
+
+def restore_best(model, run) -> bool:
+    best = run.checkpoints / "best.weights.h5"
+    if best.exists():
+        model.load_weights(str(best))
+        return True
+    return False
+
+
+def evaluate_split(model, pipe, ds: CXRDataset) -> tuple[np.ndarray, np.ndarray]:
+    prob = np.asarray(model.predict(pipe.dataset, verbose=0))
+    return ds.class_index(), prob
+
+
+def write_tensorboard_summaries(run, metrics: dict, class_names, step: int) -> None:
+    """Test confusion matrix image and headline metrics into TensorBoard."""
+    import tensorflow as tf
+
+    from cxr_tf.evaluation import confusion_matrix_image
+
+    writer = tf.summary.create_file_writer(str(run.tensorboard / "test"))
+    with writer.as_default():
+        img = confusion_matrix_image(metrics["confusion_matrix"], class_names, title="test")
+        tf.summary.image("confusion_matrix", img[None, ..., :3], step=step)
+        for key in ("accuracy", "macro_auc", "averaged_accuracy"):
+            v = metrics.get(key)
+            v = v.get("value") if isinstance(v, dict) else v
+            if v is not None:
+                tf.summary.scalar(f"test/{key}", float(v), step=step)
+    writer.flush()
+
+
+def export_and_verify(cfg, model, test_ds: CXRDataset, name: str, saved_models_dir: str, n_check: int = 8,
+                      extra_metadata: dict | None = None) -> dict:
+    """Export for TF Serving and check served == offline predictions on real test files."""
+    from cxr_tf.data import image_dataset
+    from cxr_tf.export import export_for_serving, load_exported
+
+    warm, check_bytes = [], []
+    if not test_ds.in_memory and len(test_ds):
+        for p in test_ds.items[: max(n_check, 2)]:
+            b = Path(p).read_bytes()
+            check_bytes.append(b)
+        warm = check_bytes[:2]
+    res = export_for_serving(
+        model, saved_models_dir, name=name, class_names=model.class_names, image_size=model.image_size,
+        metadata={"experiment": cfg.experiment, "config": cfg.to_dict(), "parameters": model.parameter_counts(),
+                  **(extra_metadata or {})},
+        warmup_images=warm or None, multilabel=model.multilabel,
+    )
+    out = {"path": str(res.path), "version": res.version}
+    out.update({k: v for k, v in vars(res).items() if k not in ("path", "version") and isinstance(v, (int, float, str))})
+    exported = load_exported(res.path)
+    sub = test_ds.subset(np.arange(min(n_check, len(test_ds))))
+    x = np.stack([im.numpy() for im, _ in image_dataset(sub, model.image_size)])
+    offline = np.asarray(model.predict(x, verbose=0))
+    diffs = {"predict_images": float(np.abs(exported.predict_images(x) - offline).max())}
+    if check_bytes:
+        diffs["serving_default"] = float(np.abs(exported.predict_bytes(check_bytes[: len(sub)]) - offline).max())
+    out["max_abs_diff_vs_keras"] = diffs
+    return out
+
+
+def print_tensorboard_hint(run) -> None:
+    log(f"TensorBoard: tensorboard --logdir {run.tensorboard}")
+
+
+def save_history_json(run, history: dict) -> None:
+    (run / "history.json").write_text(json.dumps({k: [float(x) for x in v] for k, v in history.items()}, indent=1))

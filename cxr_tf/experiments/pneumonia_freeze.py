@@ -1,0 +1,181 @@
+"""Pediatric pneumonia, 3 classes, ResNet50 with layer-indexed freezing (seed 004).
+
+The seed's setting (SPEC S4): Kermany chest X-rays, bacterial 0 / viral 1 / normal 2,
+a patient-level 8:1:1 split, ResNet50 frozen up to layer index 144 (keras.applications
+numbering: 144 = ``conv5_block1_1_bn``) with the "extra FC" head GAP-Dense(256)-
+Dense(128)-Dense(3), Adam lr 1e-4, batch 32, 224 px.
+
+Commands::
+
+    # embedded synthetic CXRs (no data needed), a demo that finishes in minutes on 2 CPU cores
+    python -m cxr_tf.experiments.pneumonia_freeze
+
+    # real data: the Kermany chest_xray folder (or kermany224)
+    python -m cxr_tf.experiments.pneumonia_freeze --data-dir $CXR_DATA_DIR/kermany224
+    python -m cxr_tf.experiments.pneumonia_freeze --data-dir DIR --classes pneumonia   # 2 classes
+
+Writes ``runs/pneumonia_freeze/<UTC timestamp>/`` (config, splits, TensorBoard, metrics,
+report, plots, checkpoints) and exports ``saved_models/<export-name>/<version>/``.
+
+Result (2-core AMD EPYC CPU, TF 2.21, no pretrained weights since nothing can be
+downloaded here): see ``experiments/results/pneumonia_freeze.md`` for the command,
+the metrics on the held-out patient-level test split and the wall time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+
+from cxr_tf.training.config import TrainConfig, parse_config
+
+# Without --data-dir: the synthetic demo, sized to finish in minutes on 2 CPU cores.
+# freeze_until=0 because no pretrained weights exist here and freezing randomly
+# initialised layers only freezes noise (the seed froze ImageNet layers).
+DEMO_OVERRIDES = {"image_size": 96, "epochs": 8, "batch_size": 32, "early_stopping": 0, "freeze_until": 0,
+                  "lr": 1e-3}
+
+
+@dataclasses.dataclass
+class PneumoniaFreezeConfig(TrainConfig):
+    experiment: str = "pneumonia_freeze"
+    classes: str = "3class"  # 3class (bacterial / viral / normal) | pneumonia (normal / pneumonia)
+    backbone: str = "resnet50"
+    freeze_until: int = 144
+    head: str = "fc256-128"
+    dropout: float = 0.0
+    weights: str = "none"  # none | imagenet | path to a weights file
+    synthetic_n: int = 900  # images of the embedded synthetic dataset (no --data-dir)
+    export: bool = True
+    export_name: str = ""  # default: pneumonia_<classes>_<backbone>
+    saved_models_dir: str = "saved_models"
+
+    def apply_smoke(self) -> None:
+        super().apply_smoke()
+        self.synthetic_n = min(self.synthetic_n, 96)
+        self.batch_size = 8
+
+    def validate(self) -> None:
+        super().validate()
+        from cxr_tf.errors import CXRConfigError
+
+        if self.classes not in ("3class", "pneumonia"):
+            raise CXRConfigError(f"--classes must be 3class or pneumonia; got {self.classes!r}")
+
+
+def parse(argv=None) -> PneumoniaFreezeConfig:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(PneumoniaFreezeConfig, argv, description=__doc__.split("\n")[0])
+    if not cfg.data_dir and not cfg.smoke:
+        # No data given: the synthetic demo, sized to finish in minutes on a laptop CPU.
+        given = {a.split("=")[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
+        for k, v in DEMO_OVERRIDES.items():
+            if k not in given:
+                setattr(cfg, k, v)
+    return cfg
+
+
+def run(cfg: PneumoniaFreezeConfig) -> dict:
+    from cxr_tf.experiments import common
+
+    t0 = time.time()
+    strategy = common.setup_runtime(cfg)
+    from cxr_tf.evaluation import choose_threshold, evaluate_predictions, plot_training_curves
+    from cxr_tf.models import build_model
+    from cxr_tf.training.loop import compile_classifier
+    from cxr_tf.training.run import create_run_dir
+    from cxr_tf.training.strategy import describe
+
+    run_dir = create_run_dir(cfg)
+    common.log(f"run folder: {run_dir}")
+    ds = common.load_experiment_data(cfg, cfg.classes)
+    common.log(ds.summary())
+    ds = common.check_items(cfg, ds, run_dir)
+    split = common.make_split(cfg, ds, run_dir)
+    (train_ds, val_ds, test_ds), pipes = common.build_pipelines(cfg, ds, split, strategy)
+
+    with strategy.scope():
+        model = build_model(
+            cfg.backbone, num_classes=ds.num_classes, image_size=cfg.image_size, head=cfg.head,
+            dropout=cfg.dropout, freeze_until=cfg.freeze_until, class_names=ds.class_names,
+            weights=None if cfg.weights == "none" else cfg.weights,
+        )
+        compile_classifier(model, cfg.optimizer_config(), pipes[0].steps, cfg.epochs, cfg.label_smoothing)
+    if cfg.weights == "none" and cfg.freeze_until not in (0,):
+        common.log(f"warning: --weights none with --freeze-until {cfg.freeze_until}: the frozen layers keep their "
+                   "random initialisation; pass --weights imagenet|PATH (or SSL weights) or --freeze-until 0")
+    params = model.parameter_counts()
+    common.log(f"{model.name}: freeze_until={cfg.freeze_until} -> trainable {params['trainable']:,}, "
+               f"non-trainable {params['non_trainable']:,}; {describe(strategy)}")
+    run_dir.write_json("model.json", {"config": model.get_config(), "parameters": params,
+                                      "backbone_layers": model.backbone_layer_names})
+
+    history, fit_s = common.fit(cfg, model, train_ds, pipes, run_dir)
+    common.save_history_json(run_dir, history)
+    common.restore_best(model, run_dir)
+
+    y_val, p_val = common.evaluate_split(model, pipes[1], val_ds)
+    threshold = None
+    if ds.num_classes == 2:  # operating point chosen on validation data, reported on test
+        threshold = float(choose_threshold(y_val == 1, p_val[:, 1], method="youden"))
+    y_test, p_test = common.evaluate_split(model, pipes[2], test_ds)
+    from cxr_tf.evaluation import classification_metrics
+
+    val_metrics = classification_metrics(y_val, p_val, ds.class_names, threshold=threshold, n_boot=200)
+    metrics = evaluate_predictions(
+        y_test, p_test, ds.class_names, str(run_dir), title=f"{cfg.experiment}: test split",
+        config=cfg.to_dict(), threshold=threshold,
+    )
+    plot_training_curves(str(run_dir / "history.csv"), str(run_dir.plots / "training_curves.png"))
+    common.write_tensorboard_summaries(run_dir, metrics, ds.class_names, step=len(history.get("loss", [])))
+
+    export = None
+    if cfg.export:
+        name = cfg.export_name or f"pneumonia_{cfg.classes}_{cfg.backbone}"
+        export = common.export_and_verify(cfg, model, test_ds, name, cfg.saved_models_dir,
+                                          extra_metadata={"threshold": threshold, "run_dir": str(run_dir)})
+        common.log(f"exported {export['path']} (max |served - offline| = {export['max_abs_diff_vs_keras']})")
+
+    summary = {
+        **metrics,
+        "split": "test",
+        "threshold": threshold,
+        "validation": {k: val_metrics[k] for k in ("accuracy", "macro_auc", "averaged_accuracy") if k in val_metrics},
+        "parameters": params,
+        "epochs_run": len(history.get("loss", [])),
+        "fit_seconds": round(fit_s, 1),
+        "wall_seconds": round(time.time() - t0, 1),
+        "export": export,
+    }
+    from cxr_tf.evaluation import write_metrics_json
+
+    write_metrics_json(str(run_dir / "metrics.json"), summary)
+    with open(run_dir / "report.md", "a") as f:
+        f.write(f"\n## Run\n\n- parameters: {json.dumps(params)}\n- fit: {fit_s:.0f} s, wall: {summary['wall_seconds']} s\n"
+                f"- plots: `plots/training_curves.png`\n- export: {export and export['path']}\n")
+    common.log(f"test: accuracy {_v(metrics, 'accuracy'):.3f}, macro AUC {_v(metrics, 'macro_auc'):.3f}; "
+               f"report {run_dir / 'report.md'}")
+    common.print_tensorboard_hint(run_dir)
+    return summary
+
+
+def _v(m: dict, key: str) -> float:
+    v = m.get(key)
+    v = v.get("value") if isinstance(v, dict) else v
+    return float("nan") if v is None else float(v)
+
+
+def main(argv=None) -> int:
+    from cxr_tf.errors import CXRError
+
+    try:
+        run(parse(argv))
+    except CXRError as e:
+        print(f"cxr_tf: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

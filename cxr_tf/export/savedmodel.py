@@ -1,0 +1,583 @@
+"""Export a cxr_tf classifier as a TF Serving SavedModel, and load it back.
+
+Layout written: ``base_dir/<name>/<version>/`` with ``saved_model.pb``,
+``variables/`` and ``assets.extra/`` (``cxr_tf_metadata.json`` and
+``tf_serving_warmup_requests``), which is what ``tensorflow_model_server`` polls.
+
+Why ``tf.saved_model.save`` on a ``tf.Module`` rather than Keras' ``model.export``:
+Keras 3's exporter (and ``keras.export.ExportArchive``) stores every variable twice,
+doubling the artefact; a module that merely holds the Keras model stores each once
+(FACTS.md, Export).
+
+Preprocessing runs inside the graph through :func:`cxr_tf.data.preprocess.prepare_image`
+and :func:`~cxr_tf.data.preprocess.prepare_float_batch`, the same functions used in
+training and evaluation, so a served prediction equals the offline one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from cxr_tf.data.preprocess import CHANNELS, prepare_float_batch, prepare_image
+from cxr_tf.errors import CXRConfigError, CXRImageError, CXRInputError, CXRModelError
+from cxr_tf.export.serving_protos import make_predict_log
+
+METADATA_FILE = "cxr_tf_metadata.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+SERVING_SIGNATURE = "serving_default"
+IMAGES_SIGNATURE = "predict_images"
+#: Input key of the bytes signature. TF Serving's REST API only base64-decodes
+#: ``{"b64": ...}`` values for inputs whose name ends in ``_bytes``.
+BYTES_INPUT = "image_bytes"
+IMAGES_INPUT = "images"
+#: Largest accepted ``variables/`` size relative to the ``.weights.h5`` file.
+MAX_SIZE_RATIO = 1.1
+#: Below this weights size the fixed per-file overheads of HDF5 and of the
+#: checkpoint dominate, so the ratio says nothing about duplicated variables.
+_RATIO_MIN_BYTES = 256 * 1024
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_for_serving` wrote.
+
+    Args:
+        path: the version directory (``base_dir/name/version``).
+        version: the integer version.
+        sizes: ``variables_bytes``, ``weights_h5_bytes``, ``saved_model_pb_bytes``,
+            ``total_bytes`` and ``ratio`` (variables / weights file).
+    """
+
+    path: Path
+    version: int
+    sizes: dict
+
+
+# --------------------------------------------------------------------------- module
+def _tf_variable(v) -> tf.Variable:
+    """The ``tf.Variable`` behind a Keras 3 variable (TF backend)."""
+    if isinstance(v, tf.Variable):
+        return v
+    inner = getattr(v, "_value", None)  # keras.src.backend.tensorflow.core.Variable
+    if isinstance(inner, tf.Variable):
+        return inner
+    raise CXRModelError(f"variable {getattr(v, 'path', v)!r} is not backed by a tf.Variable "
+                        "(export needs the TensorFlow backend)")
+
+
+class _ServingModule(tf.Module):
+    """Holds the model's variables, its serving functions and its metadata.
+
+    The Keras model itself is deliberately *not* a tracked attribute. A Keras 3
+    variable saves through a fresh ``tf.Variable`` copy (its
+    ``_export_to_saved_model_graph``), so the save/restore ops of a tracked model
+    write one set of resources while the signatures read another: fine for
+    ``tf.saved_model.load``, but a session-based loader (TF Serving,
+    ``saved_model_cli run``) then fails with "Could not find variable conv/kernel".
+    Tracking the underlying ``tf.Variable`` objects instead stores each weight once,
+    under the very handle the signatures read. The metadata are variables too (not
+    Python attributes) so that ``tf.saved_model.load(path)`` alone can tell the classes.
+    """
+
+    def __init__(self, model, class_names, image_size, multilabel, metadata_json):
+        super().__init__(name="cxr_tf_serving")
+        # A plain-object reference: invisible to tracking (see the class docstring).
+        object.__setattr__(self, "_keras_model", model)
+        self.model_variables = [_tf_variable(v) for v in model.variables]
+        self._image_size = int(image_size)
+        self._multilabel = bool(multilabel)
+        self.class_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False,
+                                       name="class_names")
+        self.image_size = tf.Variable(self._image_size, dtype=tf.int32, trainable=False,
+                                      name="image_size")
+        self.multilabel = tf.Variable(self._multilabel, dtype=tf.bool, trainable=False,
+                                      name="multilabel")
+        self.metadata_json = tf.Variable(metadata_json, dtype=tf.string, trainable=False,
+                                         name="metadata_json")
+        self.serve_bytes = tf.function(
+            self._serve_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+        # Rank is fixed at 4 (any size, range and channel count): TF's session clients
+        # (saved_model_cli run, Python sessions) then refuse a wrong-rank feed before
+        # running; elsewhere the graph fails with InvalidArgumentError. An in-graph rank
+        # assertion would be useless: grappler folds Rank of a rank-4 placeholder to 4.
+        self.serve_images = tf.function(
+            self._serve_images,
+            input_signature=[tf.TensorSpec([None, None, None, None], tf.float32, name=IMAGES_INPUT)])
+
+    def _outputs(self, images):
+        probs = tf.cast(self._keras_model(images, training=False), tf.float32)
+        out = {"probabilities": probs}
+        if not self._multilabel:  # argmax is meaningless when classes are independent
+            out["class_index"] = tf.argmax(probs, axis=-1, output_type=tf.int64)
+        return out
+
+    def _serve_bytes(self, image_bytes):
+        images = tf.map_fn(
+            lambda b: prepare_image(b, self._image_size), image_bytes,
+            fn_output_signature=tf.TensorSpec([self._image_size, self._image_size, CHANNELS], tf.float32))
+        return self._outputs(images)
+
+    def _serve_images(self, images):
+        shape = tf.shape(images)
+        # Assertions give the caller an InvalidArgumentError naming the problem rather
+        # than an obscure failure (or NaN probabilities) from deep inside the resize.
+        checks = [
+            tf.debugging.assert_positive(shape[1:], message="images: height, width and channels must be > 0"),
+            tf.debugging.assert_all_finite(images, message="images: values must be finite (no NaN/Inf)"),
+        ]
+        with tf.control_dependencies(checks):
+            images = tf.identity(images)
+        return self._outputs(prepare_float_batch(images, self._image_size))
+
+
+# --------------------------------------------------------------------------- helpers
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _existing_versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _cxr_tf_version() -> str:
+    import cxr_tf
+
+    v = getattr(cxr_tf, "__version__", None)
+    if v:
+        return str(v)
+    try:
+        from importlib.metadata import version
+
+        return version("cxr_tf")
+    except Exception:  # not installed (running from a checkout)
+        return "unknown"
+
+
+def _gradient_png(size: int = 64) -> bytes:
+    """A small synthetic 8-bit PNG (diagonal gradient) for the default warm-up."""
+    ramp = tf.linspace(0.0, 1.0, size)
+    img = (ramp[:, None] + ramp[None, :]) / 2.0
+    img = tf.cast(tf.round(img * 255.0), tf.uint8)[..., None]
+    return tf.io.encode_png(img).numpy()
+
+
+def _check_model(model, image_size: int, class_names: Sequence[str]):
+    if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 1:
+        raise CXRConfigError(f"image_size must be a positive int; got {image_size!r}")
+    try:
+        in_shape = tuple(model.inputs[0].shape)
+        out_shape = tuple(model.outputs[0].shape)
+    except (AttributeError, IndexError, TypeError) as e:
+        raise CXRModelError("model must be a built Keras functional model with one input and one output") from e
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise CXRModelError("model must have exactly one input and one output")
+    if len(in_shape) != 4 or in_shape[3] not in (None, CHANNELS) or any(
+            d not in (None, image_size) for d in in_shape[1:3]):
+        raise CXRModelError(
+            f"model input {in_shape} does not take (N, {image_size}, {image_size}, {CHANNELS}) images")
+    if len(out_shape) != 2 or out_shape[1] != len(class_names):
+        raise CXRModelError(f"model output {out_shape} does not match {len(class_names)} class names")
+
+
+# --------------------------------------------------------------------------- export
+def export_for_serving(
+    model,
+    base_dir: str | os.PathLike = "saved_models",
+    name: str | None = None,
+    version: int | None = None,
+    *,
+    class_names: Sequence[str],
+    image_size: int,
+    metadata: dict | None = None,
+    warmup_images: Sequence[bytes] | None = None,
+    multilabel: bool = False,
+    overwrite: bool = False,
+    max_size_ratio: float | None = MAX_SIZE_RATIO,
+) -> ExportResult:
+    """Write a TF Serving SavedModel with in-graph preprocessing.
+
+    Signatures: ``serving_default`` takes ``image_bytes`` (string ``[N]``, encoded
+    PNG/JPEG/BMP/GIF); ``predict_images`` takes ``images`` (float32 ``[N, H, W, C]``
+    of any size, range and channel count). Both return ``probabilities`` (float32
+    ``[N, C]``) and, unless ``multilabel``, ``class_index`` (int64 ``[N]``).
+
+    Args:
+        model: a Keras functional classifier, ``(N, S, S, 1)`` in [0, 1] -> ``(N, C)``.
+        base_dir: the TF Serving base directory holding one folder per model.
+        name: the servable name (folder and ``ModelSpec.name``); default ``model.name``.
+        version: integer version folder; ``None`` takes the next free integer.
+        class_names: one name per output column.
+        image_size: ``S``, the side the model expects.
+        metadata: extra JSON-serialisable information stored with the model.
+        warmup_images: encoded images replayed by TF Serving at load time; default
+            one synthetic gradient PNG. They are run once here, because a warm-up
+            request that fails makes TF Serving refuse to load the model.
+        multilabel: sigmoid outputs; then only ``probabilities`` is returned.
+        overwrite: replace an existing version folder instead of refusing.
+        max_size_ratio: refuse (CXRModelError) when ``variables/`` exceeds this
+            multiple of the ``.weights.h5`` size (weights of 256 KiB and more);
+            ``None`` disables the check.
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        CXRConfigError: bad name, version, class names or metadata, or the version exists.
+        CXRModelError: the model does not fit the convention, or the size check fails.
+        CXRImageError: a warm-up image cannot be decoded.
+    """
+    name = name if name is not None else model.name
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise CXRConfigError(f"model name {name!r} must be letters, digits, '.', '_' or '-'")
+    class_names = [str(c) for c in class_names]
+    if not class_names or len(set(class_names)) != len(class_names):
+        raise CXRConfigError(f"class_names must be non-empty and unique; got {class_names}")
+    _check_model(model, image_size, class_names)
+    image_size = int(image_size)
+
+    model_dir = Path(base_dir) / name
+    if version is None:
+        existing = _existing_versions(model_dir)
+        version = existing[-1] + 1 if existing else 1
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
+        raise CXRConfigError(f"version must be a non-negative int; got {version!r}")
+    version = int(version)
+    final = model_dir / str(version)
+    if final.exists() and not overwrite:
+        raise CXRConfigError(f"{final} already exists; pass overwrite=True or another version")
+
+    info = {
+        "model_name": name,
+        "keras_model_name": model.name,
+        "class_names": class_names,
+        "image_size": image_size,
+        "channels": CHANNELS,
+        "multilabel": bool(multilabel),
+        "version": version,
+        "signatures": {
+            SERVING_SIGNATURE: {"inputs": {BYTES_INPUT: "string [N]"}},
+            IMAGES_SIGNATURE: {"inputs": {IMAGES_INPUT: "float32 [N, H, W, C]"}},
+        },
+        "cxr_tf_version": _cxr_tf_version(),
+        "tensorflow_version": tf.__version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "metadata": dict(metadata or {}),
+    }
+    try:
+        info_json = json.dumps(info, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise CXRConfigError(f"metadata must be JSON-serialisable: {e}") from e
+
+    warmup = [_gradient_png()] if warmup_images is None else list(warmup_images)
+    if not all(isinstance(b, (bytes, bytearray)) for b in warmup):
+        raise CXRConfigError("warmup_images must be a list of encoded image bytes")
+
+    module = _ServingModule(model, class_names, image_size, multilabel, info_json)
+    for i, b in enumerate(warmup):
+        try:
+            module.serve_bytes(tf.constant([bytes(b)]))
+        except tf.errors.InvalidArgumentError as e:
+            raise CXRImageError(None, f"warm-up image {i} cannot be decoded: {e.message}") from e
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # Written under a non-numeric name and renamed at the end: TF Serving polls the
+    # base path and would otherwise try to load a half-written version.
+    tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    try:
+        tf.saved_model.save(module, str(tmp), signatures={
+            SERVING_SIGNATURE: module.serve_bytes.get_concrete_function(),
+            IMAGES_SIGNATURE: module.serve_images.get_concrete_function(),
+        })
+        with tempfile.TemporaryDirectory() as td:
+            wpath = os.path.join(td, "model.weights.h5")
+            model.save_weights(wpath)
+            weights_bytes = os.path.getsize(wpath)
+        var_bytes = _dir_bytes(tmp / "variables")
+        sizes = {
+            "variables_bytes": var_bytes,
+            "weights_h5_bytes": weights_bytes,
+            "saved_model_pb_bytes": (tmp / "saved_model.pb").stat().st_size,
+            "ratio": round(var_bytes / max(weights_bytes, 1), 4),
+        }
+        if (max_size_ratio is not None and weights_bytes >= _RATIO_MIN_BYTES
+                and sizes["ratio"] > max_size_ratio):
+            raise CXRModelError(
+                f"variables/ is {var_bytes} bytes, {sizes['ratio']}x the weights file "
+                f"({weights_bytes} bytes): variables are stored more than once")
+
+        extra = tmp / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as w:
+            for b in warmup:  # one single-image request each, the typical live request
+                w.write(make_predict_log(name, SERVING_SIGNATURE,
+                                         {BYTES_INPUT: np.array([bytes(b)], dtype=object)}))
+        info["sizes"] = dict(sizes)
+        (extra / METADATA_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+        sizes["total_bytes"] = _dir_bytes(tmp)
+
+        if final.exists():  # only reachable with overwrite=True (or a concurrent export)
+            if not overwrite:
+                raise CXRConfigError(f"{final} appeared during the export; not overwritten")
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(path=final, version=version, sizes=sizes)
+
+
+# --------------------------------------------------------------------------- loading
+class ExportedModel:
+    """A SavedModel written by :func:`export_for_serving`, loaded for prediction.
+
+    Args:
+        path: the version directory.
+
+    Attributes:
+        class_names, image_size, multilabel, metadata (the full metadata dict),
+        signatures (the loaded concrete signature functions), module (the raw object).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not (self.path / "saved_model.pb").is_file():
+            raise CXRInputError(self.path, "not a SavedModel directory (no saved_model.pb)")
+        self.module = tf.saved_model.load(str(self.path))
+        meta_file = self.path / "assets.extra" / METADATA_FILE
+        if meta_file.is_file():
+            self.metadata = json.loads(meta_file.read_text())
+        else:  # assets.extra is optional for TF Serving; the variables always travel
+            self.metadata = json.loads(self.module.metadata_json.numpy().decode())
+        self.class_names = [c.decode() for c in self.module.class_names.numpy()]
+        self.image_size = int(self.module.image_size.numpy())
+        self.multilabel = bool(self.module.multilabel.numpy())
+        self.signatures = self.module.signatures
+
+    def predict_bytes(self, images: Sequence[bytes], batch_size: int = 32) -> np.ndarray:
+        """Probabilities for encoded images through ``serving_default``.
+
+        Args:
+            images: encoded PNG/JPEG/... bytes.
+            batch_size: images per signature call.
+
+        Returns:
+            float32 ``(N, C)``.
+
+        Raises:
+            TypeError: an item is not bytes.
+            CXRImageError: an item cannot be decoded.
+        """
+        images = list(images)
+        for i, b in enumerate(images):
+            if not isinstance(b, (bytes, bytearray)):
+                raise TypeError(f"images[{i}] is {type(b).__name__}, expected encoded image bytes")
+        fn = self.signatures[SERVING_SIGNATURE]
+        out = [np.zeros((0, len(self.class_names)), np.float32)]
+        for start in range(0, len(images), batch_size):
+            chunk = tf.constant([bytes(b) for b in images[start:start + batch_size]], tf.string)
+            try:
+                out.append(fn(**{BYTES_INPUT: chunk})["probabilities"].numpy())
+            except tf.errors.InvalidArgumentError as e:
+                raise CXRImageError(
+                    None, f"cannot decode an image among items {start}..{start + len(chunk) - 1}: "
+                          f"{e.message.splitlines()[0]}") from e
+        return np.concatenate(out, axis=0)
+
+    def predict_images(self, images) -> np.ndarray:
+        """Probabilities for a float batch ``(N, H, W, C)`` through ``predict_images``.
+
+        Args:
+            images: array-like, any size, range and channel count.
+
+        Returns:
+            float32 ``(N, C)``.
+        """
+        arr = np.asarray(images, dtype=np.float32)
+        if arr.ndim != 4:
+            raise CXRInputError(None, f"expected a batch of images (N, H, W, C); got shape {arr.shape}")
+        return self.signatures[IMAGES_SIGNATURE](**{IMAGES_INPUT: tf.constant(arr)})["probabilities"].numpy()
+
+
+def load_exported(path: str | os.PathLike) -> ExportedModel:
+    """Load a SavedModel written by :func:`export_for_serving`.
+
+    Args:
+        path: the version directory (``base_dir/name/version``).
+    """
+    return ExportedModel(path)
+
+
+# --------------------------------------------------------------------------- CLI / serving docs
+def saved_model_cli_path() -> str:
+    """The ``saved_model_cli`` executable next to this Python, else the one on PATH."""
+    here = Path(sys.executable).parent / "saved_model_cli"
+    if here.is_file():
+        return str(here)
+    found = shutil.which("saved_model_cli")
+    if not found:
+        raise CXRConfigError("saved_model_cli not found (it is installed with tensorflow)")
+    return found
+
+
+def _run_cli(args: list[str], timeout: float) -> str:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([saved_model_cli_path(), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"saved_model_cli {' '.join(args[:1])} failed ({proc.returncode}):\n"
+                           f"{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def inspect_with_cli(path: str | os.PathLike, timeout: float = 120) -> str:
+    """Output of ``saved_model_cli show --dir PATH --all`` (signatures, dtypes, shapes).
+
+    Args:
+        path: the version directory.
+        timeout: seconds before giving up.
+    """
+    return _run_cli(["show", "--dir", str(path), "--all"], timeout)
+
+
+def bytes_literal(data: bytes) -> str:
+    r"""``data`` as a Python bytes literal of ``\xNN`` escapes only.
+
+    ``saved_model_cli run --input_exprs`` splits its argument on ';' and '=' before
+    ``ast.literal_eval``; ``repr(bytes)`` may contain both, escapes never do.
+    """
+    return "b'" + "".join(f"\\x{c:02x}" for c in data) + "'"
+
+
+def run_with_cli(path: str | os.PathLike, signature: str, *, input_exprs: str | None = None,
+                 inputs: str | None = None, timeout: float = 120) -> str:
+    """Output of ``saved_model_cli run`` on one signature (tag set ``serve``).
+
+    Args:
+        path: the version directory.
+        signature: signature name.
+        input_exprs: ``key=<python literal>`` (literal only: ``np.*`` calls are refused
+            by TF >= 2.7's ``literal_eval``).
+        inputs: ``key=file.npy`` (``.npy``/``.npz``/pickle).
+        timeout: seconds before giving up.
+    """
+    args = ["run", "--dir", str(path), "--tag_set", "serve", "--signature_def", signature]
+    if input_exprs:
+        args += ["--input_exprs", input_exprs]
+    if inputs:
+        args += ["--inputs", inputs]
+    return _run_cli(args, timeout)
+
+
+def write_models_config(base_dir: str | os.PathLike, names: Sequence[str],
+                        path: str | os.PathLike | None = None, container_base: str = "/models") -> Path:
+    """Write a TF Serving ``models.config`` serving several models from one server.
+
+    Args:
+        base_dir: where the model folders are (used for the default ``path``).
+        names: the model folder names.
+        path: output file; default ``base_dir/models.config``.
+        container_base: where ``base_dir`` is mounted inside the container.
+
+    Returns:
+        The path written.
+    """
+    if not names:
+        raise CXRConfigError("names must list at least one model")
+    entries = []
+    for n in names:
+        if not _NAME_RE.match(n):
+            raise CXRConfigError(f"model name {n!r} must be letters, digits, '.', '_' or '-'")
+        entries.append("  config {\n"
+                       f"    name: '{n}'\n"
+                       f"    base_path: '{container_base.rstrip('/')}/{n}'\n"
+                       "    model_platform: 'tensorflow'\n"
+                       "  }\n")
+    text = "model_config_list {\n" + "".join(entries) + "}\n"
+    path = Path(path) if path is not None else Path(base_dir) / "models.config"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def docker_command(base_dir: str | os.PathLike, name: str | None = None, *,
+                   config_file: str | None = None, rest_port: int = 8501, grpc_port: int = 8500,
+                   image: str = "tensorflow/serving") -> str:
+    """The ``docker run`` line serving one model (``name``) or a ``models.config``.
+
+    Args:
+        base_dir: host folder holding the model folders.
+        name: serve just this model (mounted at ``/models/<name>``).
+        config_file: file name of a models.config inside ``base_dir`` (serves all listed).
+        rest_port, grpc_port: host ports.
+        image: the TF Serving image.
+    """
+    base = Path(base_dir).resolve()
+    ports = f"-p {rest_port}:8501 -p {grpc_port}:8500"
+    if config_file:
+        return (f'docker run --rm {ports} -v "{base}:/models" {image} '
+                f"--model_config_file=/models/{config_file}")
+    if not name:
+        raise CXRConfigError("give a model name or a config_file")
+    return f'docker run --rm {ports} -v "{base / name}:/models/{name}" -e MODEL_NAME={name} {image}'
+
+
+def serving_readme(base_dir: str | os.PathLike, name: str, *, multilabel: bool = False,
+                   rest_port: int = 8501, grpc_port: int = 8500) -> str:
+    """Markdown with the docker line and REST/gRPC request examples for one model.
+
+    Args:
+        base_dir: host folder holding the model folders.
+        name: the model name.
+        multilabel: whether the export has no ``class_index`` output.
+        rest_port, grpc_port: host ports.
+    """
+    outputs = "probabilities" if multilabel else "probabilities, class_index"
+    return f"""# Serving `{name}` with TF Serving
+
+```bash
+{docker_command(base_dir, name, rest_port=rest_port, grpc_port=grpc_port)}
+```
+
+Outputs: {outputs}. Inputs: `image_bytes` (encoded PNG/JPEG, signature `serving_default`)
+or `images` (float32 [N, H, W, C], signature `predict_images`).
+
+## REST (base64: the input name ends in `_bytes`, so `{{"b64": ...}}` is decoded by the server)
+
+```bash
+curl -s -X POST http://localhost:{rest_port}/v1/models/{name}:predict \\
+  -H 'Content-Type: application/json' \\
+  -d '{{"signature_name": "serving_default", "instances": [{{"image_bytes": {{"b64": "'"$(base64 -w0 image.png)"'"}}}}]}}'
+curl -s http://localhost:{rest_port}/v1/models/{name}/metadata   # signatures
+```
+
+## gRPC (`pip install tensorflow-serving-api grpcio`)
+
+```python
+import grpc, tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel("localhost:{grpc_port}"))
+req = predict_pb2.PredictRequest()
+req.model_spec.name = "{name}"
+req.model_spec.signature_name = "serving_default"
+req.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([open("image.png", "rb").read()]))
+probs = tf.make_ndarray(stub.Predict(req, 10.0).outputs["probabilities"])
+```
+"""

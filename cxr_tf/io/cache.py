@@ -1,0 +1,96 @@
+"""Decode-once cache: files TF cannot decode (DICOM, TIFF, NPY) become 16-bit PNGs.
+
+DICOM is decoded once, outside the graph, then cached, so the tf.data pipeline
+only ever sees formats ``tf.io.decode_image`` reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+from ._common import DEFAULT_MAX_PIXELS
+from .formats import TF_DECODABLE_FORMATS, sniff_format
+from .images import read_image
+
+
+def cache_key(path: str | os.PathLike) -> str:
+    """Hex key of (absolute path, size, mtime): a changed or moved file gets a new entry.
+
+    Args:
+        path: the source file.
+    """
+    path = os.fspath(path)
+    st = os.stat(path)
+    raw = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def to_uint16_minmax(img: np.ndarray) -> np.ndarray:
+    """Per-image min-max scale to uint16 ``[0, 65535]`` (constant image -> zeros).
+
+    Non-finite values map to the minimum so one bad pixel cannot break the image.
+
+    Args:
+        img: 2-D array in any range.
+    """
+    x = np.asarray(img, dtype=np.float64)
+    finite = np.isfinite(x)
+    if not finite.any():
+        return np.zeros(x.shape, np.uint16)
+    lo, hi = float(x[finite].min()), float(x[finite].max())
+    x = np.where(finite, x, lo)
+    if hi <= lo:
+        return np.zeros(x.shape, np.uint16)
+    return np.round((x - lo) * (65535.0 / (hi - lo))).clip(0, 65535).astype(np.uint16)
+
+
+def to_png_cache(
+    path: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> str:
+    """Return a path TF can decode: the file itself, or a cached 16-bit PNG of it.
+
+    PNG, JPEG, BMP and GIF (by content) are returned unchanged. Anything else
+    (DICOM, TIFF, NPY) is decoded with :func:`read_image`, min-max scaled to
+    uint16 and written as a grayscale PNG named by :func:`cache_key`, so later
+    calls reuse it. The PNG holds pixels only: no text chunks, no DICOM header.
+
+    Args:
+        path: source image.
+        cache_dir: folder for cached PNGs (created if missing).
+        max_pixels: passed to :func:`read_image`.
+
+    Raises:
+        CXRImageError: the source cannot be decoded.
+    """
+    path = os.fspath(path)
+    if sniff_format(path) in TF_DECODABLE_FORMATS:
+        return path
+    cache_dir = os.fspath(cache_dir)
+    out = os.path.join(cache_dir, cache_key(path) + ".png")
+    if os.path.isfile(out):
+        return out
+    pixels = to_uint16_minmax(read_image(path, max_pixels=max_pixels))
+    os.makedirs(cache_dir, exist_ok=True)
+    # Write to a temporary name in the same folder, then rename: concurrent
+    # workers or an interrupted run never leave a half-written PNG under `out`.
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # uint16 2-D -> Pillow mode "I;16" -> 16-bit grayscale PNG; no pnginfo given,
+            # so no metadata chunks are written.
+            Image.fromarray(pixels).save(f, format="PNG")
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return out

@@ -1,0 +1,146 @@
+"""CXRClassifier: backbone + head as one flat Keras functional model.
+
+The graph is built in ``__init__`` (keras-hub style): ``Input -> BackboneInput ->
+backbone layers -> head``, with the head built on the backbone's output tensor,
+never a nested model, so tf-keras-vis can reach every layer. Every constructor
+argument is stored and returned by ``get_config``.
+"""
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+
+from cxr_tf.errors import CXRConfigError, CXRModelError
+from cxr_tf.layers import BackboneInput
+from cxr_tf.models.registry import get_backbone
+
+_HEAD_RE = re.compile(r"^(gap|fc\d+(-\d+)*)$")
+
+
+def parse_head(head: str) -> list[int]:
+    """``"gap"`` -> [], ``"fc256-128"`` -> [256, 128] (hidden Dense widths after GAP)."""
+    if not _HEAD_RE.match(head or ""):
+        raise CXRConfigError(f"head must be 'gap' or like 'fc256-128'; received head={head!r}")
+    return [] if head == "gap" else [int(v) for v in head[2:].split("-")]
+
+
+@keras.saving.register_keras_serializable(package="cxr_tf")
+class CXRClassifier(keras.Model):
+    """A chest X-ray classifier on a registered backbone.
+
+    Input: gray images ``(N, image_size, image_size, 1)`` in ``[0, 1]``.
+    Output: class probabilities ``(N, num_classes)`` (softmax, or sigmoid for multi-label).
+
+    Args:
+        backbone: registry name (``resnet50``, ``densenet121``, ``tiny_cnn``, ...).
+        num_classes: number of outputs.
+        image_size: input side in pixels.
+        head: ``"gap"`` or ``"fc256-128"``: GAP then hidden Dense(ReLU) layers then
+            the output Dense. Default ``fc256-128`` is the seed-004 "extra FC" head
+            (with conv5 trainable it reproduces the seed's 15,556,355 parameters).
+        dropout: dropout rate before each Dense of the head (0 disables).
+        freeze_until: freeze backbone layers with reference index ``< freeze_until``
+            (keras.applications numbering, index 0 = input: ResNet50 ``144`` =
+            ``conv5_block1_1_bn``); frozen BatchNorm layers run in inference mode.
+            ``0`` trains everything; ``-1`` freezes the whole backbone.
+        weights: ``None``, ``"imagenet"`` or a local weights file (backbone only).
+        multilabel: sigmoid outputs instead of softmax.
+        class_names: stored with the model (reports, export).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        num_classes: int = 3,
+        image_size: int = 224,
+        head: str = "fc256-128",
+        dropout: float = 0.0,
+        freeze_until: int = 144,
+        weights: str | None = None,
+        multilabel: bool = False,
+        class_names: list[str] | None = None,
+        **kwargs,
+    ):
+        spec = get_backbone(backbone)
+        hidden = parse_head(head)
+        if num_classes < 1:
+            raise CXRConfigError(f"num_classes must be >= 1; received num_classes={num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise CXRConfigError(f"{len(class_names)} class_names for num_classes={num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise CXRConfigError(f"dropout must be in [0, 1); received dropout={dropout}")
+
+        # === Functional graph ===
+        inputs = keras.Input((image_size, image_size, 1), name="image")
+        x = BackboneInput(spec.input_mode, spec.channels, name="backbone_input")(inputs)
+        features, backbone_layers = spec.build(x, weights)
+        x = keras.layers.GlobalAveragePooling2D(name="head_gap")(features)
+        for i, units in enumerate(hidden, start=1):
+            if dropout:
+                x = keras.layers.Dropout(dropout, name=f"head_dropout{i}")(x)
+            x = keras.layers.Dense(units, activation="relu", name=f"head_fc{i}")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name="head_dropout_out")(x)
+        outputs = keras.layers.Dense(
+            num_classes, activation="sigmoid" if multilabel else "softmax", name="predictions"
+        )(x)
+        super().__init__(inputs=inputs, outputs=outputs, **{"name": f"cxr_{backbone}", **kwargs})
+
+        # === Config ===
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.head = head
+        self.dropout = dropout
+        self.freeze_until = freeze_until
+        self.weights_source = weights
+        self.multilabel = multilabel
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.backbone_layer_names = [l.name for l in backbone_layers]
+        self.cam_layer = spec.cam_layer
+        self.set_freeze(freeze_until)
+
+    # ------------------------------------------------------------- freezing
+    def backbone_layer(self, index: int) -> keras.layers.Layer:
+        """Backbone layer by reference index (1-based; 0 is the input layer)."""
+        if not 1 <= index <= len(self.backbone_layer_names):
+            raise CXRModelError(f"backbone index {index} outside 1..{len(self.backbone_layer_names)}")
+        return self.get_layer(self.backbone_layer_names[index - 1])
+
+    def set_freeze(self, freeze_until: int) -> None:
+        """(Re)freeze: backbone layers with reference index < ``freeze_until`` are frozen."""
+        n = len(self.backbone_layer_names)
+        if freeze_until < -1 or freeze_until > n + 1:
+            raise CXRConfigError(f"freeze_until must be in -1..{n + 1} for {self.backbone}; received {freeze_until}")
+        limit = n + 1 if freeze_until == -1 else freeze_until
+        for i, name in enumerate(self.backbone_layer_names, start=1):
+            self.get_layer(name).trainable = i >= limit
+        self.freeze_until = freeze_until
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable / non-trainable / total parameter counts (BN statistics are non-trainable)."""
+        tr = int(sum(np.prod(w.shape) for w in self.trainable_weights))
+        nt = int(sum(np.prod(w.shape) for w in self.non_trainable_weights))
+        return {"trainable": tr, "non_trainable": nt, "total": tr + nt}
+
+    # --------------------------------------------------------------- config
+    def get_config(self):
+        return {
+            "backbone": self.backbone,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "head": self.head,
+            "dropout": self.dropout,
+            "freeze_until": self.freeze_until,
+            "weights": self.weights_source,
+            "multilabel": self.multilabel,
+            "class_names": self.class_names,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        # Weights come from the saved file, never from a download on load.
+        return cls(**{**config, "weights": None})

@@ -1,0 +1,120 @@
+"""The run folder: one per run, everything in it.
+
+``runs/<experiment>/<UTC timestamp>/``: ``config.json``, ``splits.csv``,
+``tensorboard/``, ``checkpoints/``, ``backup/`` (BackupAndRestore), ``history.csv``,
+``metrics.json``, ``report.md``, ``plots/``, ``skipped.csv``, ``environment.json``.
+A run is finished when ``metrics.json`` exists; ``--resume`` picks the newest
+unfinished run whose config matches.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from cxr_tf.errors import CXRConfigError
+
+# Config fields that do not change what is computed, so a resumed run may differ in them.
+_RESUME_IGNORED = {"resume", "run_dir", "runs_dir", "on_error", "cache_dir"}
+
+
+class RunDir:
+    """Paths inside one run folder."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        for sub in ("tensorboard", "checkpoints", "plots"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def backup(self) -> Path:
+        return self.path / "backup"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / "metrics.json").exists()
+
+    def write_json(self, name: str, obj) -> Path:
+        p = self.path / name
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, p)
+        return p
+
+
+def _timestamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _new_run_path(base: Path) -> Path:
+    stamp = _timestamp()
+    path, k = base / stamp, 1
+    while path.exists():  # two runs in the same second
+        path, k = base / f"{stamp}-{k}", k + 1
+    return path
+
+
+def _comparable(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k not in _RESUME_IGNORED}
+
+
+def create_run_dir(cfg) -> RunDir:
+    """A new run folder, or the one to resume (``cfg.run_dir`` / ``cfg.resume``)."""
+    d = cfg.to_dict()
+    if cfg.run_dir:
+        run = RunDir(cfg.run_dir)
+        old = run.path / "config.json"
+        if old.exists() and _comparable(json.loads(old.read_text())) != _comparable(d):
+            raise CXRConfigError(f"{run.path}: exists with a different config; choose another --run-dir")
+    elif cfg.resume:
+        base = Path(cfg.runs_dir) / cfg.experiment
+        candidates = sorted(p for p in base.glob("*") if (p / "config.json").exists()) if base.exists() else []
+        match = [
+            p for p in candidates
+            if not (p / "metrics.json").exists() and _comparable(json.loads((p / "config.json").read_text())) == _comparable(d)
+        ]
+        run = RunDir(match[-1]) if match else RunDir(_new_run_path(base))
+    else:
+        run = RunDir(_new_run_path(Path(cfg.runs_dir) / cfg.experiment))
+    run.write_json("config.json", d)
+    run.write_json("environment.json", environment())
+    return run
+
+
+def environment() -> dict:
+    import numpy as np
+    import tensorflow as tf
+    import keras
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "argv": sys.argv,
+    }
