@@ -291,7 +291,9 @@ def detect_format(path: str | os.PathLike) -> str:
     if p.suffix == ".csv":
         return "csv"
     if p.is_dir():
-        if any(d.name.upper() in ("NORMAL", "PNEUMONIA") for d in p.rglob("*") if d.is_dir()):
+        # Kermany: a PNEUMONIA folder with a NORMAL sibling (a folder-per-class set may have normal/ alone)
+        if any(d.name.upper() == "PNEUMONIA" and any(s.name.upper() == "NORMAL" for s in d.parent.iterdir())
+               for d in p.rglob("*") if d.is_dir()):
             return "kermany"
         return "folder"
     raise CXRDatasetError(p, "cannot tell the dataset format; pass --format kermany|folder|npz|csv")

@@ -124,7 +124,7 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=()):
     cw = class_weights(train_ds) if cfg.balance == "class_weight" else None
     t = time.time()
     hist = model.fit(train.dataset, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
-                     callbacks=cbs, class_weight=cw, verbose=2)
+                     callbacks=cbs, class_weight=cw, shuffle=False, verbose=2)
     return hist.history, time.time() - t
 
 
@@ -183,11 +183,28 @@ def export_and_verify(cfg, model, test_ds: CXRDataset, name: str, saved_models_d
     sub = test_ds.subset(np.arange(min(n_check, len(test_ds))))
     x = np.stack([im.numpy() for im, _ in image_dataset(sub, model.image_size)])
     offline = np.asarray(model.predict(x, verbose=0))
-    diffs = {"predict_images": float(np.abs(exported.predict_images(x) - offline).max())}
+    # predict_images takes raw float images (any size/range) and preprocesses in-graph,
+    # so it is fed what a client has: the decoded pixels, one image per call.
+    served_float = np.concatenate([exported.predict_images(raw[None]) for raw in _raw_images(sub)])
+    diffs = {"predict_images": float(np.abs(served_float - offline).max())}
     if check_bytes:
         diffs["serving_default"] = float(np.abs(exported.predict_bytes(check_bytes[: len(sub)]) - offline).max())
     out["max_abs_diff_vs_keras"] = diffs
     return out
+
+
+def _raw_images(ds: CXRDataset):
+    """Decoded, unscaled pixels per item: float32 (H, W, 1)."""
+    import tensorflow as tf
+
+    from cxr_tf.data.preprocess import decode_image
+
+    for item in ds.items:
+        if ds.in_memory:
+            a = np.asarray(item, np.float32)
+            yield a[..., None] if a.ndim == 2 else a
+        else:
+            yield decode_image(tf.io.read_file(str(item))).numpy()
 
 
 def print_tensorboard_hint(run) -> None:

@@ -33,8 +33,8 @@ from cxr_tf.training.config import TrainConfig, parse_config
 # Without --data-dir: the synthetic demo, sized to finish in minutes on 2 CPU cores.
 # freeze_until=0 because no pretrained weights exist here and freezing randomly
 # initialised layers only freezes noise (the seed froze ImageNet layers).
-DEMO_OVERRIDES = {"image_size": 96, "epochs": 8, "batch_size": 32, "early_stopping": 0, "freeze_until": 0,
-                  "lr": 1e-3}
+DEMO_OVERRIDES = {"image_size": 64, "epochs": 6, "batch_size": 32, "early_stopping": 0, "freeze_until": 0,
+                  "lr": 1e-3, "synthetic_n": 600}
 
 
 @dataclasses.dataclass
@@ -46,6 +46,7 @@ class PneumoniaFreezeConfig(TrainConfig):
     head: str = "fc256-128"
     dropout: float = 0.0
     weights: str = "none"  # none | imagenet | path to a weights file
+    bn_momentum: float = 0.99  # BatchNorm moving-average momentum (Keras default 0.99)
     synthetic_n: int = 900  # images of the embedded synthetic dataset (no --data-dir)
     export: bool = True
     export_name: str = ""  # default: pneumonia_<classes>_<backbone>
@@ -99,7 +100,7 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
         model = build_model(
             cfg.backbone, num_classes=ds.num_classes, image_size=cfg.image_size, head=cfg.head,
             dropout=cfg.dropout, freeze_until=cfg.freeze_until, class_names=ds.class_names,
-            weights=None if cfg.weights == "none" else cfg.weights,
+            weights=None if cfg.weights == "none" else cfg.weights, bn_momentum=cfg.bn_momentum,
         )
         compile_classifier(model, cfg.optimizer_config(), pipes[0].steps, cfg.epochs, cfg.label_smoothing)
     if cfg.weights == "none" and cfg.freeze_until not in (0,):

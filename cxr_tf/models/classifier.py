@@ -48,6 +48,10 @@ class CXRClassifier(keras.Model):
         weights: ``None``, ``"imagenet"`` or a local weights file (backbone only).
         multilabel: sigmoid outputs instead of softmax.
         class_names: stored with the model (reports, export).
+        bn_momentum: override the momentum of every BatchNormalization layer
+            (keras.applications uses 0.99; training from scratch on a few hundred
+            steps needs ~0.9, PyTorch's default, or the moving statistics used at
+            evaluation still mostly hold their initial values).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class CXRClassifier(keras.Model):
         weights: str | None = None,
         multilabel: bool = False,
         class_names: list[str] | None = None,
+        bn_momentum: float | None = None,
         **kwargs,
     ):
         spec = get_backbone(backbone)
@@ -100,6 +105,13 @@ class CXRClassifier(keras.Model):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.backbone_layer_names = [l.name for l in backbone_layers]
         self.cam_layer = spec.cam_layer
+        self.bn_momentum = bn_momentum
+        if bn_momentum is not None:
+            if not 0.0 <= bn_momentum < 1.0:
+                raise CXRConfigError(f"bn_momentum must be in [0, 1); received bn_momentum={bn_momentum}")
+            for layer in self.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = bn_momentum
         self.set_freeze(freeze_until)
 
     # ------------------------------------------------------------- freezing
@@ -137,6 +149,7 @@ class CXRClassifier(keras.Model):
             "weights": self.weights_source,
             "multilabel": self.multilabel,
             "class_names": self.class_names,
+            "bn_momentum": self.bn_momentum,
             "name": self.name,
         }
 

@@ -88,7 +88,9 @@ def test_patients_have_one_to_three_images_of_one_class(big):
     assert sizes.between(1, 3).all() and (sizes > 1).mean() > 0.4
     assert (g["label"].nunique() == 1).all()  # a patient's films share the class ...
     assert (g["age"].nunique() == 1).all() and (g["sex"].nunique() == 1).all()  # ... and who they are
-    pair = make_synthetic_cxr(n=8, image_size=16, images_per_patient=(2, 2))
+    # 4 images per class: exactly two patients of two (a class count that is not a
+    # multiple leaves its last patient with fewer images).
+    pair = make_synthetic_cxr(n=12, image_size=16, images_per_patient=(2, 2))
     assert (pair.meta.groupby("patient_id").size() == 2).all()
 
 
@@ -141,9 +143,16 @@ def test_lesion_masks(big):
     assert (area[y == ds.class_names.index("normal")] == 0).all()
     assert (area[y == ds.class_names.index("bacterial")] > 0).mean() > 0.9
     assert (area[y == ds.class_names.index("viral")] > 0).mean() > 0.9
-    assert (les & ~lung).sum() < 0.1 * les.sum()  # lesions lie in the lungs
+    # Lesions lie in the lungs (some behind the heart, outside the visible fields).
+    assert (les & ~lung).sum() < 0.2 * les.sum()
     bac = ds.meta["finding"] == "bacterial"
     assert set(ds.meta.loc[bac, "lesion_side"]) == {"left", "right"}
+
+
+def test_side_markers_are_not_a_shortcut(big):
+    ds, _ = big
+    rate = ds.meta.groupby("label")["marker"].mean()
+    assert rate.between(0.15, 0.45).all(), rate
 
 
 def test_difficulty_lowers_lesion_contrast():

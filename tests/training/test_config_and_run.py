@@ -30,7 +30,7 @@ def test_flags_smoke_and_explicit_override():
 
 
 def test_demo_profile_only_without_data():
-    assert parse([]).image_size == 96 and parse([]).freeze_until == 0
+    assert parse([]).image_size == 64 and parse([]).freeze_until == 0
     assert parse(["--image-size", "96"]).image_size == 96
     assert parse(["--data-dir", "x"]).image_size == 224
 
