@@ -29,6 +29,10 @@ def setup_runtime(cfg):
     from cxr_tf.training.strategy import make_strategy
 
     strategy = make_strategy(cfg.strategy, cfg.cpu_devices)
+    if cfg.strategy == "multi_worker":  # only the chief writes the run folder and exports
+        from cxr_tf.training.distributed import configure_worker
+
+        configure_worker(cfg)
     import keras
     import tensorflow as tf
 
@@ -94,19 +98,31 @@ def load_experiment_data(cfg, classes: str = "3class") -> CXRDataset:
     from cxr_tf.datasets.synthetic import make_synthetic_cxr
 
     names = ("bacterial", "viral", "normal") if classes == "3class" else ("normal", "pneumonia")
-    return make_synthetic_cxr(n=cfg.synthetic_n, image_size=cfg.image_size, seed=cfg.seed, class_names=names)
+    return make_synthetic_cxr(n=cfg.synthetic_n, image_size=cfg.image_size, seed=cfg.seed, class_names=names,
+                              difficulty=getattr(cfg, "synthetic_difficulty", 1.0))
 
 
 def build_pipelines(cfg, ds: CXRDataset, split: np.ndarray, strategy):
     from cxr_tf.data import build_pipeline
 
     train_ds, val_ds, test_ds = (ds.subset(split == s) for s in ("train", "val", "test"))
-    balance = cfg.balance if cfg.balance == "oversample" else "none"
-    train = build_pipeline(train_ds, cfg.image_size, cfg.batch_size, training=True, policy=cfg.augment,
-                           balance=balance, seed=cfg.seed)
+    train = train_pipeline(cfg, train_ds)
     val = build_pipeline(val_ds, cfg.image_size, cfg.batch_size, training=False)
     test = build_pipeline(test_ds, cfg.image_size, cfg.batch_size, training=False)
     return (train_ds, val_ds, test_ds), (train, val, test)
+
+
+def train_pipeline(cfg, train_ds: CXRDataset):
+    """The training pipeline. Called again for anything that only looks at training
+    batches (the TensorBoard sample grid): with ``reshuffle_each_iteration`` every
+    iterator over ONE dataset object draws from a shared seed generator, so a second
+    iterator on the training object would change the batches training sees (and make
+    runs, resumed runs and workers disagree)."""
+    from cxr_tf.data import build_pipeline
+
+    balance = cfg.balance if cfg.balance == "oversample" else "none"
+    return build_pipeline(train_ds, cfg.image_size, cfg.batch_size, training=True, policy=cfg.augment,
+                          balance=balance, seed=cfg.seed)
 
 
 def fit(cfg, model, train_ds, pipes, run, extra_callbacks=()):
@@ -114,18 +130,42 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=()):
     from cxr_tf.data import class_weights
     from cxr_tf.training.callbacks import ConfusionMatrixLogger, SampleImagesLogger, standard_callbacks
 
+    from cxr_tf.training import resume
+
     train, val, _ = pipes
+    if getattr(cfg, "strategy", None) == "multi_worker":
+        # Keras 3 model.fit fails under MultiWorkerMirroredStrategy (FACTS.md): custom loop.
+        from cxr_tf.training.distributed import fit_distributed
+
+        return fit_distributed(cfg, model, train_ds, pipes, run)
+    # A killed run resumes from backup/: history.csv is cut to the committed epochs and the
+    # input stream skips the batches they consumed (cxr_tf.training.resume).
+    state, train_data = resume.prepare_resume(run, train.dataset, train.steps)
+    if state is not None:
+        log(f"resuming {run}: {state.epoch} of {cfg.epochs} epochs done"
+            + (" (training had finished)" if state.complete else ""))
     cbs = standard_callbacks(run, patience=cfg.early_stopping)
-    cbs.append(SampleImagesLogger(train.dataset, str(run.tensorboard), model.class_names))
+    backup = [c for c in cbs if isinstance(c, resume.ResumableBackup)]
+    cbs = [c for c in cbs if c not in backup]
+    cbs.append(SampleImagesLogger(train_pipeline(cfg, train_ds).dataset, str(run.tensorboard), model.class_names))
     if not model.multilabel:
         y_val = np.concatenate([np.asarray(y).argmax(1) for _, y in val.dataset])
         cbs.append(ConfusionMatrixLogger(val.dataset, y_val, str(run.tensorboard), model.class_names))
-    cbs += list(extra_callbacks)
+    cbs += list(extra_callbacks) + backup  # the backup commits an epoch last
     cw = class_weights(train_ds) if cfg.balance == "class_weight" else None
     t = time.time()
-    hist = model.fit(train.dataset, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
+    hist = model.fit(train_data, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
                      callbacks=cbs, class_weight=cw, shuffle=False, verbose=2)
-    return hist.history, time.time() - t
+    # The whole run's per-epoch log, including epochs done before a restart.
+    history = resume.read_history_csv(run / "history.csv") or hist.history
+    return history, time.time() - t
+
+
+def finish_run(run) -> None:
+    """After ``metrics.json``: drop the resume backup (a finished run is never resumed)."""
+    from cxr_tf.training.resume import finish
+
+    finish(run)
 
 
 def restore_best(model, run) -> bool:

@@ -32,9 +32,13 @@ from cxr_tf.training.config import TrainConfig, parse_config
 
 # Without --data-dir: the synthetic demo, sized to finish in minutes on 2 CPU cores.
 # freeze_until=0 because no pretrained weights exist here and freezing randomly
-# initialised layers only freezes noise (the seed froze ImageNet layers).
-DEMO_OVERRIDES = {"image_size": 64, "epochs": 6, "batch_size": 32, "early_stopping": 0, "freeze_until": 0,
-                  "lr": 1e-3, "synthetic_n": 600}
+# initialised layers only freezes noise (the seed froze ImageNet layers); BN momentum
+# 0.9 so the moving statistics catch up within ~150 steps; lesions at difficulty 0.3
+# and no augmentation so ResNet50 from scratch learns within 5 epochs (measured:
+# validation AUC 0.56 -> 0.93 over 5 epochs on this setting).
+DEMO_OVERRIDES = {"image_size": 64, "epochs": 5, "batch_size": 16, "early_stopping": 0, "freeze_until": 0,
+                  "lr": 1e-3, "bn_momentum": 0.9, "augment": "none", "synthetic_n": 600,
+                  "synthetic_difficulty": 0.3}
 
 
 @dataclasses.dataclass
@@ -48,6 +52,7 @@ class PneumoniaFreezeConfig(TrainConfig):
     weights: str = "none"  # none | imagenet | path to a weights file
     bn_momentum: float = 0.99  # BatchNorm moving-average momentum (Keras default 0.99)
     synthetic_n: int = 900  # images of the embedded synthetic dataset (no --data-dir)
+    synthetic_difficulty: float = 1.0  # lesion subtlety of the synthetic set (lower = easier)
     export: bool = True
     export_name: str = ""  # default: pneumonia_<classes>_<backbone>
     saved_models_dir: str = "saved_models"
@@ -152,6 +157,7 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
     from cxr_tf.evaluation import write_metrics_json
 
     write_metrics_json(str(run_dir / "metrics.json"), summary)
+    common.finish_run(run_dir)
     with open(run_dir / "report.md", "a") as f:
         f.write(f"\n## Run\n\n- parameters: {json.dumps(params)}\n- fit: {fit_s:.0f} s, wall: {summary['wall_seconds']} s\n"
                 f"- plots: `plots/training_curves.png`\n- export: {export and export['path']}\n")

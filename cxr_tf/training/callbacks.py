@@ -77,16 +77,21 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
 
 def standard_callbacks(run, monitor: str = "val_auc", patience: int = 5) -> list[keras.callbacks.Callback]:
     """TensorBoard, best checkpoint, BackupAndRestore (resume after a kill), CSV log, early stopping."""
+    # Resume (cxr_tf.training.resume): the backup is LAST so it commits an epoch after the
+    # checkpoint, CSV row and early-stopping state of that epoch, and restores their state.
+    from cxr_tf.training.resume import AtomicModelCheckpoint, ResumableBackup
+
+    ckpt = AtomicModelCheckpoint(str(run.checkpoints / "best.weights.h5"), monitor=monitor, mode="max",
+                                 save_best_only=True, verbose=0)
     cbs = [
         LearningRateLogger(),
         keras.callbacks.TensorBoard(log_dir=str(run.tensorboard), update_freq="epoch", write_graph=False, profile_batch=0),
-        keras.callbacks.ModelCheckpoint(
-            str(run.checkpoints / "best.weights.h5"), monitor=monitor, mode="max",
-            save_best_only=True, save_weights_only=True, verbose=0,
-        ),
-        keras.callbacks.BackupAndRestore(str(run.backup), save_freq="epoch", delete_checkpoint=True),
+        ckpt,
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=True),
     ]
+    track = [ckpt]
     if patience:
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience, verbose=1))
+        track.append(cbs[-1])
+    cbs.append(ResumableBackup(run.backup, track=track))
     return cbs

@@ -30,7 +30,6 @@ def make_strategy(name: str = "auto", cpu_devices: int = 0) -> tf.distribute.Str
                 f"cpu_devices={cpu_devices} needs the CPU split before TensorFlow starts; got {len(logical)} devices"
             )
         return tf.distribute.MirroredStrategy([d.name for d in logical[:cpu_devices]])
-    gpus = tf.config.list_logical_devices("GPU")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -41,6 +40,9 @@ def make_strategy(name: str = "auto", cpu_devices: int = 0) -> tf.distribute.Str
         json.loads(os.environ["TF_CONFIG"])
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "auto":
+        # Listing devices initialises the runtime: only here, never before a
+        # MultiWorkerMirroredStrategy (collectives must be configured first).
+        gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     raise CXRConfigError(f"unknown strategy {name!r}")
 

@@ -1,0 +1,414 @@
+"""Multi-worker training: a custom distributed loop over the same Keras model and optimizer.
+
+Why not ``model.fit``: under ``tf.distribute.MultiWorkerMirroredStrategy`` Keras 3's
+``fit`` fails (``ValueError: Attempt to convert a value (PerReplica:...) to a Tensor``;
+keras-team/keras#20585, FACTS.md). The step here is the standard TF2 recipe:
+``strategy.distribute_datasets_from_function`` -> ``strategy.run(step)`` inside a
+``tf.function`` -> ``GradientTape`` -> ``optimizer.apply_gradients`` (Keras 3's TF
+optimizer all-reduces the gradients) with the per-example loss summed and divided by
+the GLOBAL batch, and ``strategy.reduce`` for what is logged.
+
+What a run gives, the same as the ``model.fit`` path: ``history.csv`` (one row per
+epoch: loss, accuracy, val_loss, val_accuracy, val_auc, learning_rate), TensorBoard
+scalars (``epoch_*``), the validation confusion matrix per epoch, a grid of training
+inputs, ``checkpoints/best.weights.h5`` (best ``val_auc``), early stopping, and resume:
+a ``tf.train.CheckpointManager`` in ``backup/`` holds the model, the optimizer, the
+epoch, the best value and the patience counter; a restarted job (all workers) restores
+it and skips the input stream by the batches already consumed.
+
+Exactness. Every worker builds the same seeded global-batch pipeline and keeps its own
+slice of each global batch (``input_pipeline_id``), so the union of the replicas'
+batches at step *k* is exactly the global batch *k* of a one-worker run. BatchNorm
+layers are switched to ``synchronized=True`` while training (statistics over the global
+batch, as with one worker). The loss curve then equals a one-worker run with the same
+global batch up to float summation order (``tests/reliability/test_multi_worker.py``
+measures it). The price: each worker decodes and augments the whole global batch; with
+expensive inputs, shard the file list instead (``Dataset.shard``), which changes which
+images meet in a batch, not the training.
+
+Who writes what (TF's recommendation): only the chief (task ``worker:0``, or ``chief``)
+writes the run folder, TensorBoard and the best checkpoint. Every worker takes part in
+saving the ``tf.train`` checkpoint (the save runs collectives), the others into a
+temporary folder that is deleted at once. Non-chief workers run the experiment flow
+in ``<run-dir>/.workers/<task>/`` and do not export.
+
+Running on a multi-host GPU cluster
+-----------------------------------
+Start the same command on every host, with the same ``--run-dir`` on storage all
+hosts share (NFS, GCS: restoring reads the chief's checkpoint), and a ``TF_CONFIG``
+that differs only in ``task.index``. ``--batch-size`` is the GLOBAL batch (per GPU:
+batch / total GPUs); each host mirrors over its local GPUs. Two hosts with 4 GPUs
+each::
+
+    # host gpu-node-0 (the chief)
+    export TF_CONFIG='{"cluster": {"worker": ["gpu-node-0:12345", "gpu-node-1:12345"]},
+                       "task": {"type": "worker", "index": 0}}'
+    python -m cxr_tf.experiments.pneumonia_freeze --strategy multi_worker \\
+        --data-dir /shared/chest_xray --run-dir /shared/runs/pneumonia_mw --batch-size 128
+
+    # host gpu-node-1
+    export TF_CONFIG='{"cluster": {"worker": ["gpu-node-0:12345", "gpu-node-1:12345"]},
+                       "task": {"type": "worker", "index": 1}}'
+    python -m cxr_tf.experiments.pneumonia_freeze --strategy multi_worker \\
+        --data-dir /shared/chest_xray --run-dir /shared/runs/pneumonia_mw --batch-size 128
+
+The port must be open between hosts; all workers must be started (the first
+collective waits for every one). If a worker dies the others block in a collective:
+stop the job and start every worker again with the same command; training resumes
+from the last completed epoch. NCCL is used for GPU all-reduce when available
+(``tf.distribute.experimental.CommunicationOptions(implementation=NCCL)`` is TF's
+choice for GPUs; the default ``AUTO`` picks it).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cxr_tf.errors import CXRConfigError
+
+
+# --------------------------------------------------------------------------- cluster
+def task_info() -> tuple[str, int, int]:
+    """``(task_type, task_index, num_workers)`` from ``TF_CONFIG`` (``("worker", 0, 1)`` without it)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return "worker", 0, 1
+    try:
+        tc = json.loads(raw)
+        cluster = tc.get("cluster", {})
+        task = tc.get("task", {})
+        n = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+        return str(task.get("type", "worker")), int(task.get("index", 0)), max(n, 1)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CXRConfigError(f"TF_CONFIG is not valid JSON with cluster/task: {e}") from None
+
+
+def is_chief() -> bool:
+    """The chief writes: task type ``chief``, or ``worker`` 0 when the cluster has no chief."""
+    t, i, _ = task_info()
+    if t == "chief":
+        return True
+    raw = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    has_chief = bool(raw.get("cluster", {}).get("chief"))
+    return t == "worker" and i == 0 and not has_chief
+
+
+def configure_worker(cfg) -> None:
+    """Give a non-chief worker its own run folder and no export (only the chief writes).
+
+    Called by :func:`cxr_tf.experiments.common.setup_runtime` for ``--strategy multi_worker``.
+    The chief's run folder is kept in ``cfg.__dict__['_chief_run_dir']`` (not a config field).
+    """
+    if not cfg.run_dir:
+        raise CXRConfigError("--strategy multi_worker needs --run-dir, the same folder on every worker "
+                             "(on storage all hosts share)")
+    cfg.__dict__["_chief_run_dir"] = str(cfg.run_dir)
+    if not is_chief():
+        t, i, _ = task_info()
+        cfg.run_dir = str(Path(cfg.run_dir) / ".workers" / f"{t}-{i}")
+        if hasattr(cfg, "export"):
+            cfg.export = False
+
+
+def chief_run_dir(cfg, run) -> Path:
+    return Path(cfg.__dict__.get("_chief_run_dir") or str(run))
+
+
+# --------------------------------------------------------------------------- helpers
+def _per_example_loss(model, label_smoothing: float):
+    import keras
+
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, keras.losses.Loss):
+        conf = dict(loss.get_config(), reduction=None)
+        return type(loss).from_config(conf)
+    if model.multilabel:
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, reduction=None)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
+
+
+def _set_bn_sync(model, on: bool) -> list:
+    import keras
+
+    changed = []
+    layers = model._flatten_layers(include_self=False, recursive=True) if hasattr(model, "_flatten_layers") \
+        else model.layers
+    for layer in layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized != on:
+            layer.synchronized = on
+            changed.append(layer)
+    return changed
+
+
+def _learning_rate(optimizer) -> float:
+    import keras
+
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def _auc(y_true: np.ndarray, prob: np.ndarray, multilabel: bool) -> float:
+    import keras
+
+    m = keras.metrics.AUC(multi_label=multilabel)  # what model.fit logs as val_auc
+    m.update_state(y_true, prob)
+    return float(m.result())
+
+
+class _History:
+    """``history.csv`` written by the chief, one row per epoch (same layout as CSVLogger)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def append(self, epoch: int, logs: dict) -> None:
+        if not self.enabled:
+            return
+        keys = sorted(logs)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with open(self.path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["epoch", *keys])
+            w.writerow([epoch, *[logs[k] for k in keys]])
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------- the loop
+def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
+    """Train ``model`` (built and compiled under ``strategy.scope()``) with a custom loop.
+
+    Args:
+        cfg: the experiment config (epochs, batch_size, early_stopping, balance, ...).
+        model: a compiled CXRClassifier (its optimizer and loss are used).
+        train_ds: the training :class:`~cxr_tf.datasets.CXRDataset` (class weights).
+        pipes: ``(train, val, test)`` pipelines; ``train.dataset`` yields GLOBAL batches.
+        run: this worker's :class:`~cxr_tf.training.run.RunDir`.
+        strategy: default ``model.distribute_strategy``.
+
+    Returns:
+        ``(history dict, seconds)`` like :func:`cxr_tf.experiments.common.fit`.
+    """
+    import tensorflow as tf
+
+    from cxr_tf.data import class_weights
+    from cxr_tf.training.resume import read_history_csv, truncate_history_csv
+
+    strategy = strategy or model.distribute_strategy
+    train, val, _ = pipes
+    chief = is_chief()
+    chief_run = chief_run_dir(cfg, run)
+    n_rep = int(strategy.num_replicas_in_sync)
+    global_batch = int(cfg.batch_size)
+    if global_batch % n_rep:
+        raise CXRConfigError(f"--batch-size {global_batch} (the global batch) must be divisible by the "
+                             f"{n_rep} replicas in sync")
+    per_replica = global_batch // n_rep
+    steps = int(train.steps)
+    optimizer = model.optimizer
+    loss_fn = _per_example_loss(model, getattr(cfg, "label_smoothing", 0.0))
+    cw = None
+    if getattr(cfg, "balance", None) == "class_weight" and not model.multilabel:
+        w = class_weights(train_ds)
+        cw = tf.constant([w[i] for i in range(len(w))], tf.float32)
+
+    # ---- state: model, optimizer, epoch, best val_auc, patience counter (one commit point)
+    with strategy.scope():
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        best_var = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_val_auc")
+        wait_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="patience_wait")
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, best=best_var, wait=wait_var)
+    ckpt_dir = chief_run / "backup"
+    restored = tf.train.latest_checkpoint(str(ckpt_dir))
+    if restored:
+        ckpt.restore(restored).expect_partial()
+    if chief:
+        write_dir = ckpt_dir
+    else:  # workers save too (collectives), into a temporary folder deleted right after
+        t, i, _ = task_info()
+        write_dir = Path(tempfile.mkdtemp(prefix=f"cxr_tf_{t}{i}_ckpt_"))
+    manager = tf.train.CheckpointManager(ckpt, str(write_dir), max_to_keep=1)
+    start = int(epoch_var.numpy())
+
+    # Every worker logs into its own run folder (a non-chief's is <run-dir>/.workers/<task>).
+    history = _History(run / "history.csv", True)
+    truncate_history_csv(run / "history.csv", start)
+    if restored:
+        print(f"[cxr_tf] resuming {chief_run}: {start} of {cfg.epochs} epochs done ({restored})", flush=True)
+
+    # ---- input: every worker slices its part out of the same global batches
+    base = train.dataset.skip(start * steps) if start else train.dataset
+
+    def dataset_fn(ctx: tf.distribute.InputContext):
+        n_in, idx = ctx.num_input_pipelines, ctx.input_pipeline_id
+        width = global_batch // n_in
+        lo = idx * width
+        d = base.map(lambda x, y: (x[lo:lo + width], y[lo:lo + width]))
+        if width != per_replica:  # several local replicas: consecutive per-replica batches
+            d = d.unbatch().batch(per_replica, drop_remainder=True)
+        return d
+
+    dist = strategy.distribute_datasets_from_function(dataset_fn)
+    iterator = iter(dist)
+
+    synced = _set_bn_sync(model, True)
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            prob = model(x, training=True)
+            per_ex = loss_fn(y, prob)
+            if cw is not None:
+                per_ex = per_ex * tf.gather(cw, tf.argmax(y, axis=-1))
+            loss = tf.reduce_sum(per_ex) / global_batch
+            if model.losses:
+                loss += tf.add_n(model.losses) / n_rep
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        if model.multilabel:
+            hit = tf.reduce_mean(tf.cast(tf.equal(prob > 0.5, y > 0.5), tf.float32), axis=-1)
+        else:
+            hit = tf.cast(tf.equal(tf.argmax(prob, -1), tf.argmax(y, -1)), tf.float32)
+        return loss, tf.reduce_sum(hit)
+
+    @tf.function
+    def train_step(it):
+        loss, hits = strategy.run(replica_step, args=next(it))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, hits, axis=None))
+
+    @tf.function
+    def infer(x):
+        return model(x, training=False)
+
+    y_val = np.concatenate([np.asarray(y) for _, y in val.dataset]) if val.num_examples else None
+    writers = {}
+    if chief:
+        writers = {k: tf.summary.create_file_writer(str(run.tensorboard / k)) for k in ("train", "validation")}
+        # From a separate pipeline object: iterating train.dataset itself would advance the
+        # shared reshuffle seed generator and change the batches training sees.
+        from cxr_tf.experiments.common import train_pipeline
+
+        _log_sample_inputs(train_pipeline(cfg, train_ds).dataset, writers["train"], model.class_names)
+
+    t0 = time.time()
+    patience = int(getattr(cfg, "early_stopping", 0) or 0)
+    try:
+        for epoch in range(start, cfg.epochs):
+            total_loss, total_hits = 0.0, 0.0
+            for _ in range(steps):
+                loss, hits = train_step(iterator)
+                total_loss += float(loss)
+                total_hits += float(hits)
+            logs = {"loss": total_loss / steps, "accuracy": total_hits / (steps * global_batch),
+                    "learning_rate": _learning_rate(optimizer)}
+            if y_val is not None:
+                prob = np.concatenate([infer(x).numpy() for x, _ in val.dataset])
+                vl = loss_fn(tf.constant(y_val), tf.constant(prob)).numpy()
+                logs["val_loss"] = float(np.mean(vl))
+                if model.multilabel:
+                    logs["val_accuracy"] = float(np.mean((prob > 0.5) == (y_val > 0.5)))
+                else:
+                    logs["val_accuracy"] = float(np.mean(prob.argmax(1) == y_val.argmax(1)))
+                logs["val_auc"] = _auc(y_val, prob, model.multilabel)
+            print(f"[cxr_tf] epoch {epoch + 1}/{cfg.epochs} ({n_rep} replicas): "
+                  + " - ".join(f"{k}: {v:.4f}" for k, v in sorted(logs.items())), flush=True)
+
+            # best checkpoint (chief) and early stopping: the same decisions on every worker
+            current = logs.get("val_auc", float("nan"))
+            improved = bool(np.isfinite(current) and current > float(best_var.numpy()))
+            if improved:
+                best_var.assign(current)
+                wait_var.assign(0)
+                if chief:
+                    from cxr_tf.training.resume import save_weights_atomic
+
+                    save_weights_atomic(model, run.checkpoints / "best.weights.h5")
+            else:
+                wait_var.assign_add(1)
+            stop = bool(patience and int(wait_var.numpy()) >= patience and epoch > 0)
+            stop = _any_worker(strategy, stop)  # never let workers disagree (a hang)
+
+            history.append(epoch, logs)
+            if chief:
+                _log_epoch(writers, epoch, logs, y_val, prob if y_val is not None else None, model)
+            epoch_var.assign(epoch + 1)
+            manager.save(checkpoint_number=epoch + 1)  # the commit point of this epoch
+            if stop:
+                print(f"[cxr_tf] early stopping after epoch {epoch + 1}", flush=True)
+                break
+    finally:
+        for layer in synced:
+            layer.synchronized = False
+        for w in writers.values():
+            w.close()
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+    _detach_strategy(model)
+    seconds = time.time() - t0
+    hist = read_history_csv(run / "history.csv")
+    return hist, seconds
+
+
+def _any_worker(strategy, flag: bool) -> bool:
+    """True when ``flag`` is true on any worker (an all-reduce SUM): a decision all share."""
+    import tensorflow as tf
+
+    value = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
+    return bool(float(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)) > 0.5)
+
+
+def _detach_strategy(model) -> None:
+    """After the custom loop, Keras' predict/evaluate must not run under the
+    multi-worker strategy (they would hit the same Keras 3 failure as fit): each
+    worker predicts locally with the trained (identical) variables."""
+    if getattr(model, "_distribute_strategy", None) is not None:
+        model._distribute_strategy = None
+    for attr in ("predict_function", "test_function", "train_function"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+
+
+def _log_sample_inputs(dataset, writer, class_names) -> None:
+    import tensorflow as tf
+
+    from cxr_tf.training.callbacks import _grid
+
+    x, y = next(iter(dataset))
+    x, y = np.asarray(x)[:16], np.nan_to_num(np.asarray(y)[:16])
+    with writer.as_default():
+        tf.summary.image("sample_inputs", _grid(x)[None], step=0,
+                         description="training inputs after augmentation; labels: "
+                         + ", ".join(class_names[i] for i in y.argmax(1)))
+    writer.flush()
+
+
+def _log_epoch(writers, epoch, logs, y_val, prob, model) -> None:
+    import tensorflow as tf
+
+    with writers["train"].as_default():
+        for k, v in logs.items():
+            if not k.startswith("val_"):
+                tf.summary.scalar(f"epoch_{k}", v, step=epoch)
+    with writers["validation"].as_default():
+        for k, v in logs.items():
+            if k.startswith("val_"):
+                tf.summary.scalar(f"epoch_{k[4:]}", v, step=epoch)
+        if prob is not None and not model.multilabel:
+            from sklearn.metrics import confusion_matrix
+
+            from cxr_tf.evaluation import confusion_matrix_image
+
+            cm = confusion_matrix(y_val.argmax(1), prob.argmax(1), labels=range(len(model.class_names)))
+            img = confusion_matrix_image(cm, model.class_names, title=f"validation, epoch {epoch + 1}")
+            tf.summary.image("confusion_matrix", img[None, ..., :3], step=epoch)
+    for w in writers.values():
+        w.flush()

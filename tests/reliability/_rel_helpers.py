@@ -1,0 +1,120 @@
+"""Helpers of the reliability tests: run the real entry point in a subprocess, kill it,
+read what a run wrote. A uniquely named module (not conftest) so tests import it
+without clashing with other test folders."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: A tiny, fast run of the main job: tiny CNN, 32 px, 64 synthetic images (8 steps of 8).
+TINY = ["--smoke", "--backbone", "tiny_cnn", "--freeze-until", "0", "--image-size", "32",
+        "--synthetic-n", "64", "--lr", "3e-3", "--seed", "3"]
+
+#: metrics.json fields that are measurements of time or place, not results.
+VOLATILE = {"fit_seconds", "wall_seconds", "export"}
+
+
+def env(**extra) -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(REPO), *([e["PYTHONPATH"]] if e.get("PYTHONPATH") else [])])
+    e.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    e["CUDA_VISIBLE_DEVICES"] = ""
+    e["PYTHONUNBUFFERED"] = "1"
+    e.update({k: str(v) for k, v in extra.items()})
+    return e
+
+
+def experiment_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "cxr_tf.experiments.pneumonia_freeze", *map(str, args)]
+
+
+def run_experiment(args, cwd, timeout: float = 150, check: bool = True, **env_extra) -> subprocess.CompletedProcess:
+    """Run the main job to completion in a subprocess (stdout and stderr captured)."""
+    p = subprocess.run(experiment_cmd(*args), cwd=cwd, env=env(**env_extra), capture_output=True, text=True,
+                       timeout=timeout)
+    if check:
+        assert p.returncode == 0, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p
+
+
+def start_experiment(args, cwd, log: Path, **env_extra) -> subprocess.Popen:
+    return subprocess.Popen(experiment_cmd(*args), cwd=cwd, env=env(**env_extra), stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT)
+
+
+def kill_when(procs, ready, timeout: float = 120, poll: float = 0.05) -> float:
+    """SIGKILL every process of ``procs`` (by pid) as soon as ``ready()`` is true.
+
+    Returns the seconds waited. Fails if a process ends by itself first.
+    """
+    procs = procs if isinstance(procs, (list, tuple)) else [procs]
+    t0 = time.time()
+    while not ready():
+        for p in procs:
+            assert p.poll() is None, f"process {p.pid} ended (rc={p.returncode}) before the kill point"
+        assert time.time() - t0 < timeout, "kill point not reached in time"
+        time.sleep(poll)
+    for p in procs:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.wait(timeout=30)
+    return time.time() - t0
+
+
+def history_rows(run: Path) -> list[dict]:
+    path = Path(run) / "history.csv"
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="") as f:
+            return [r for r in csv.DictReader(f) if r.get("epoch") not in (None, "")]
+    except OSError:
+        return []
+
+
+def history_matrix(run: Path) -> tuple[list[int], dict[str, list[float]]]:
+    rows = history_rows(run)
+    epochs = [int(r["epoch"]) for r in rows]
+    keys = [k for k in rows[0] if k != "epoch"] if rows else []
+    return epochs, {k: [float(r[k]) for r in rows] for k in keys}
+
+
+def metric_values(run: Path) -> dict:
+    m = json.loads((Path(run) / "metrics.json").read_text())
+    return {k: v for k, v in m.items() if k not in VOLATILE}
+
+
+def h5_arrays(path: Path) -> dict:
+    import h5py
+    import numpy as np
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj)) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
