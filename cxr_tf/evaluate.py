@@ -24,7 +24,7 @@ import numpy as np
 from cxr_tf.errors import CXRDatasetError, CXRError
 
 
-def _match_classes(ds, model_classes: list[str]):
+def _match_classes(ds, model_classes: list[str], source=None):
     """Relabel the dataset's classes onto the model's (case-insensitive names)."""
     lower = {c.lower(): c for c in model_classes}
     mapping, unknown = {}, []
@@ -36,7 +36,7 @@ def _match_classes(ds, model_classes: list[str]):
             unknown.append(c)
     if unknown:
         raise CXRDatasetError(
-            None, f"dataset classes {unknown} are not among the model's classes {model_classes}; "
+            source, f"dataset classes {unknown} are not among the model's classes {model_classes}; "
             "rename the folders/labels or evaluate a model trained on these classes")
     return ds.select_classes(mapping, model_classes)
 
@@ -59,7 +59,7 @@ def load_for_model(data_dir: str, fmt: str, model_classes: list[str], on_error: 
     ds = load_dataset(data_dir, fmt, **kwargs)
     if fmt == "npz" and len(ds.class_names) == len(model_classes) and all(c.isdigit() for c in ds.class_names):
         ds.class_names = list(model_classes)  # unnamed MedMNIST columns follow the model's order
-    return _match_classes(ds, model_classes)
+    return _match_classes(ds, model_classes, data_dir)
 
 
 def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: str | None = None,

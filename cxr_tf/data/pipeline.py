@@ -53,9 +53,14 @@ def prepare_items(
         ds = ds.subset(keep)
         paths = [str(p) for p in ds.items]
     cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "cxr_tf", "decoded")
-    if any(not p.lower().endswith(_TF_NATIVE) for p in paths):
+    # By content, not by extension: a DICOM (or TIFF) named .png would otherwise reach
+    # tf.io.decode_image mid-training and stop the run with a raw TF error.
+    from cxr_tf.io import TF_DECODABLE_FORMATS, sniff_format
+
+    native = {p: sniff_format(p) in TF_DECODABLE_FORMATS for p in paths}
+    if not all(native.values()):
         os.makedirs(cache_dir, exist_ok=True)
-        new = [p if p.lower().endswith(_TF_NATIVE) else to_png_cache(p, cache_dir) for p in paths]
+        new = [p if native[p] else to_png_cache(p, cache_dir) for p in paths]
         meta = ds.meta.copy()
         meta["item"] = paths  # reports keep naming the original file
         ds = CXRDataset(np.asarray(new, dtype=object), ds.labels, ds.class_names, meta, ds.name, ds.multilabel)

@@ -237,27 +237,47 @@ def load_csv_manifest(
     if not csv_path.is_file():
         raise CXRDatasetError(csv_path, "manifest CSV not found")
     try:
-        df = pd.read_csv(csv_path)
+        # dtype=str: ids such as 007 stay strings; index_col=False: a row with more fields
+        # than the header must not silently become a (Multi)Index.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(csv_path, dtype=str, index_col=False)
+    except pd.errors.ParserWarning:
+        raise CXRDatasetError(csv_path, "some rows have more fields than the header (an unquoted comma?)") from None
     except Exception as e:
         raise CXRDatasetError(csv_path, f"cannot parse CSV: {e}") from None
-    df.columns = [c.strip() for c in df.columns]
+    df.columns = [str(c).strip() for c in df.columns]
     if patient_column is None:
         patient_column = next((c for c in ("patient_id", "patient", "patientid") if c in df.columns), None)
     for col in (path_column, label_column):
         if col not in df.columns:
             raise CXRDatasetError(csv_path, f"missing column {col!r} (has {list(df.columns)})")
+    if len(df) == 0:
+        raise CXRDatasetError(csv_path, "the manifest has a header but no rows")
+
+    def rows(mask) -> list[int]:  # 1-based file line numbers (line 1 is the header)
+        return [int(i) + 2 for i in np.flatnonzero(np.asarray(mask))[:5]]
+
+    def blank(col: str) -> pd.Series:
+        return df[col].isna() | (df[col].fillna("").str.strip() == "")
+
+    for col, what in ((path_column, "path"), (label_column, "label")):
+        if blank(col).any():
+            raise CXRDatasetError(csv_path, f"rows {rows(blank(col))} have no {what} (column {col!r})")
     root = Path(image_root) if image_root else csv_path.parent
     root_abs = root.resolve()
-    labels_str = df[label_column].astype(str).str.strip()
-    names = list(class_names) if class_names else sorted(labels_str.unique())
+    labels_str = df[label_column].str.strip()
+    names = [str(c) for c in class_names] if class_names else sorted(labels_str.unique())
     unknown = ~labels_str.isin(names)
     if unknown.any():
-        bad = df.index[unknown][:5].tolist()
         vals = sorted(labels_str[unknown].unique())[:5]
-        raise CXRDatasetError(csv_path, f"unknown labels {vals} in rows {[b + 2 for b in bad]} (classes: {names})")
+        raise CXRDatasetError(csv_path, f"unknown labels {vals} in rows {rows(unknown)} (classes: {names})")
     items = []
-    for i, rel in enumerate(df[path_column].astype(str)):
-        p = (root / rel).resolve()
+    for i, rel in enumerate(df[path_column]):
+        try:
+            p = (root / rel.strip()).resolve()
+        except (ValueError, OSError) as e:  # e.g. an embedded NUL byte
+            raise CXRDatasetError(csv_path, f"row {i + 2}: unusable path {rel!r} ({e})") from None
         if root_abs not in p.parents:
             raise CXRDatasetError(csv_path, f"row {i + 2}: path {rel!r} escapes the data root {root}")
         items.append(str(p))
@@ -265,7 +285,10 @@ def load_csv_manifest(
         warnings.warn(f"{csv_path}: no patient column; each image is treated as its own patient", stacklevel=2)
         pids = [f"img-{i}" for i in range(len(df))]
     else:
-        pids = df[patient_column].astype(str).str.strip().tolist()
+        if blank(patient_column).any():  # "nan" would silently merge them into one patient
+            raise CXRDatasetError(csv_path, f"rows {rows(blank(patient_column))} have no patient id "
+                                            f"(column {patient_column!r})")
+        pids = df[patient_column].str.strip().tolist()
     meta = df.copy()
     meta["item"] = items
     meta["patient_id"] = pids

@@ -94,7 +94,19 @@ def load_experiment_data(cfg, classes: str = "3class") -> CXRDataset:
         fmt = detect_format(cfg.data_dir) if cfg.format == "auto" else cfg.format
         if fmt == "kermany":
             kwargs = {"classes": classes, "on_error": cfg.on_error}
-        return load_dataset(cfg.data_dir, fmt, **kwargs)
+        elif fmt == "csv" and classes in ("3class", "pneumonia"):
+            # A manifest's labels must be the experiment's classes: a typo ("pnuemonia")
+            # is an error naming the rows, not a silent extra class.
+            kwargs = {"class_names": ["bacterial", "viral", "normal"] if classes == "3class"
+                      else ["normal", "pneumonia"]}
+        ds = load_dataset(cfg.data_dir, fmt, **kwargs)
+        if fmt == "folder":  # no user-given patient ids: DICOMs group by PatientID, pseudonymized
+            from cxr_tf.privacy import pseudonymize_dicom_patients
+
+            ds, n = pseudonymize_dicom_patients(ds)
+            if n:
+                log(f"patient ids of {n} DICOM files from their PatientID tag (salted hash, cxr_tf.privacy)")
+        return ds
     from cxr_tf.datasets.synthetic import make_synthetic_cxr
 
     names = ("bacterial", "viral", "normal") if classes == "3class" else ("normal", "pneumonia")
@@ -218,7 +230,7 @@ def export_and_verify(cfg, model, test_ds: CXRDataset, name: str, saved_models_d
         warmup_images=warm or None, multilabel=model.multilabel,
     )
     out = {"path": str(res.path), "version": res.version}
-    out.update({k: v for k, v in vars(res).items() if k not in ("path", "version") and isinstance(v, (int, float, str))})
+    out["sizes"] = dict(res.sizes)
     exported = load_exported(res.path)
     sub = test_ds.subset(np.arange(min(n_check, len(test_ds))))
     x = np.stack([im.numpy() for im, _ in image_dataset(sub, model.image_size)])
@@ -230,6 +242,12 @@ def export_and_verify(cfg, model, test_ds: CXRDataset, name: str, saved_models_d
     if check_bytes:
         diffs["serving_default"] = float(np.abs(exported.predict_bytes(check_bytes[: len(sub)]) - offline).max())
     out["max_abs_diff_vs_keras"] = diffs
+    # one TF Serving config for every model under saved_models_dir (docker: --model_config_file)
+    from cxr_tf.export import write_models_config
+
+    names = sorted(p.name for p in Path(saved_models_dir).iterdir()
+                   if p.is_dir() and any(v.name.isdigit() for v in p.iterdir()))
+    out["models_config"] = str(write_models_config(saved_models_dir, names))
     return out
 
 

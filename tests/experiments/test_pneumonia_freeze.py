@@ -45,6 +45,8 @@ def test_smoke_run_folder_tensorboard_and_export(tmp_path, capsys):
     diffs = m["export"]["max_abs_diff_vs_keras"]
     assert diffs["predict_images"] <= 1e-5
     assert Path(m["export"]["path"]).joinpath("saved_model.pb").is_file()
+    assert "name: 'pneumonia_3class_tiny_cnn'" in Path(m["export"]["models_config"]).read_text()
+    assert Path(m["export"]["path"], "assets.extra", "tf_serving_warmup_requests").is_file()
     tags = _tags(run / "tensorboard")
     for tag in ("train/epoch_loss", "train/epoch_accuracy", "train/epoch_auc", "train/epoch_learning_rate",
                 "validation/epoch_auc", "train/sample_inputs", "validation/confusion_matrix", "test/confusion_matrix"):

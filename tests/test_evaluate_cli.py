@@ -1,0 +1,72 @@
+"""`cxr-tf evaluate` on exports, over the npz, folder (DICOM) and CSV layouts."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cxr_tf.cli import main as cli
+from cxr_tf.export import export_for_serving
+from cxr_tf.models import build_model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("exports")
+    m = build_model("tiny_cnn", num_classes=2, image_size=32, freeze_until=0, class_names=["normal", "pneumonia"])
+    res = export_for_serving(m, base, name="tiny", class_names=m.class_names, image_size=32, metadata={"threshold": 0.5})
+    return str(res.path)
+
+
+def test_evaluate_npz(exported, data_dir, tmp_path):
+    out = tmp_path / "eval"
+    assert cli(["evaluate", "--model", exported, "--data-dir", str(data_dir / "pneumoniamnist"),
+                "--format", "npz", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 5232 and m["class_names"] == ["normal", "pneumonia"]
+    assert m["threshold"] == 0.5  # taken from the export's metadata
+    for f in ("report.md", "plots/roc.png", "plots/confusion_matrix.png", "threshold_sweep.csv", "predictions.npz"):
+        assert (out / f).is_file()
+    pred = np.load(out / "predictions.npz")
+    assert pred["y_prob"].shape == (5232, 2) and np.allclose(pred["y_prob"].sum(1), 1, atol=1e-5)
+
+
+def test_evaluate_dicom_folder_and_unknown_classes(exported, data_dir, tmp_path, capsys):
+    root = tmp_path / "dicoms"
+    for cls, names in {"normal": ["siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
+                                  "CR-MONO1-10-chest.dcm"],
+                       "pneumonia": ["RG1_J2KI.dcm", "txv_Fake_MONOHR1.dcm"]}.items():
+        (root / cls).mkdir(parents=True)
+        for n in names:
+            shutil.copy(data_dir / "dicom" / n, root / cls / n)
+    out = tmp_path / "eval"
+    assert cli(["evaluate", "--model", exported, "--data-dir", str(root), "--format", "folder", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 4
+    items = np.load(out / "predictions.npz")["items"]
+    assert any(str(i).endswith("RG1_J2KI.dcm") for i in items)  # reports name the original DICOM, not the cache
+
+    (root / "covid").mkdir()
+    shutil.copy(data_dir / "dicom" / "RG1_J2KI.dcm", root / "covid" / "x.dcm")
+    assert cli(["evaluate", "--model", exported, "--data-dir", str(root), "--format", "folder"]) == 2
+    assert "['covid'] are not among the model's classes" in capsys.readouterr().err
+
+
+def test_evaluate_bad_file_named_or_skipped(exported, tmp_path, capsys):
+    import tensorflow as tf
+
+    root = tmp_path / "ds"
+    for cls in ("normal", "pneumonia"):
+        (root / cls).mkdir(parents=True)
+        for k in range(3):
+            img = (np.random.default_rng(k).random((40, 30, 1)) * 255).astype(np.uint8)
+            (root / cls / f"{k}.png").write_bytes(tf.io.encode_png(img).numpy())
+    (root / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    assert cli(["evaluate", "--model", exported, "--data-dir", str(root), "--format", "folder"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "Traceback" not in err
+    out = tmp_path / "ev"
+    assert cli(["evaluate", "--model", exported, "--data-dir", str(root), "--format", "folder",
+                "--on-error", "skip", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["n"] == 6
+    assert "broken.png" in (out / "skipped.csv").read_text()
