@@ -173,6 +173,15 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=()):
     return history, time.time() - t
 
 
+def is_chief(cfg) -> bool:
+    """Whether this process writes the results (always, except non-chief multi-workers)."""
+    if getattr(cfg, "strategy", None) != "multi_worker":
+        return True
+    from cxr_tf.training.distributed import is_chief as _is_chief
+
+    return _is_chief()
+
+
 def finish_run(run) -> None:
     """After ``metrics.json``: drop the resume backup (a finished run is never resumed)."""
     from cxr_tf.training.resume import finish

@@ -119,6 +119,9 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
 
     history, fit_s = common.fit(cfg, model, train_ds, pipes, run_dir)
     common.save_history_json(run_dir, history)
+    if not common.is_chief(cfg):  # multi-worker: evaluation, report and export are the chief's
+        common.log("training done; the chief evaluates, reports and exports")
+        return {"epochs_run": len(history.get("loss", [])), "chief": False}
     common.restore_best(model, run_dir)
 
     y_val, p_val = common.evaluate_split(model, pipes[1], val_ds)

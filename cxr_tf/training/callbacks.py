@@ -76,7 +76,7 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
 
 
 def standard_callbacks(run, monitor: str = "val_auc", patience: int = 5) -> list[keras.callbacks.Callback]:
-    """TensorBoard, best checkpoint, BackupAndRestore (resume after a kill), CSV log, early stopping."""
+    """TensorBoard, best checkpoint, CSV log, early stopping and the resume backup (a killed run resumes)."""
     # Resume (cxr_tf.training.resume): the backup is LAST so it commits an epoch after the
     # checkpoint, CSV row and early-stopping state of that epoch, and restores their state.
     from cxr_tf.training.resume import AtomicModelCheckpoint, ResumableBackup

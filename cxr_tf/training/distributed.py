@@ -22,15 +22,18 @@ batches at step *k* is exactly the global batch *k* of a one-worker run. BatchNo
 layers are switched to ``synchronized=True`` while training (statistics over the global
 batch, as with one worker). The loss curve then equals a one-worker run with the same
 global batch up to float summation order (``tests/reliability/test_multi_worker.py``
-measures it). The price: each worker decodes and augments the whole global batch; with
-expensive inputs, shard the file list instead (``Dataset.shard``), which changes which
-images meet in a batch, not the training.
+measures it). The price: each worker decodes and augments the whole global batch
+(sharding the file list per worker would avoid it, but changes which images meet in
+a batch, so a run would no longer equal a one-worker run; not done here).
 
 Who writes what (TF's recommendation): only the chief (task ``worker:0``, or ``chief``)
-writes the run folder, TensorBoard and the best checkpoint. Every worker takes part in
-saving the ``tf.train`` checkpoint (the save runs collectives), the others into a
-temporary folder that is deleted at once. Non-chief workers run the experiment flow
-in ``<run-dir>/.workers/<task>/`` and do not export.
+writes the run folder, TensorBoard, the best checkpoint and the export. TF requires
+every worker to call the ``tf.train`` checkpoint save; the others save into a temporary
+folder deleted at the end. Non-chief workers keep their config, split and history in
+``<run-dir>/.workers/<task>/`` and stop after training (no evaluation, no export).
+Every worker must build the same dataset and split: same data, same ``--seed``, and,
+for DICOM folders (patients from the PatientID tag, :mod:`cxr_tf.privacy`), the same
+``CXR_TF_PATIENT_SALT``.
 
 Running on a multi-host GPU cluster
 -----------------------------------
@@ -65,7 +68,6 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -162,7 +164,7 @@ def _auc(y_true: np.ndarray, prob: np.ndarray, multilabel: bool) -> float:
 
 
 class _History:
-    """``history.csv`` written by the chief, one row per epoch (same layout as CSVLogger)."""
+    """``history.csv`` of this worker's run folder, one row per epoch (CSVLogger's layout)."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -233,9 +235,8 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
         ckpt.restore(restored).expect_partial()
     if chief:
         write_dir = ckpt_dir
-    else:  # workers save too (collectives), into a temporary folder deleted right after
-        t, i, _ = task_info()
-        write_dir = Path(tempfile.mkdtemp(prefix=f"cxr_tf_{t}{i}_ckpt_"))
+    else:  # TF wants every worker to save: into its own folder (.workers/<task>/backup), deleted after
+        write_dir = Path(run.backup)
     manager = tf.train.CheckpointManager(ckpt, str(write_dir), max_to_keep=1)
     start = int(epoch_var.numpy())
 

@@ -237,6 +237,8 @@ class ResumableBackup(keras.callbacks.Callback):
         state = read_state(self.backup_dir)
         if state is not None and not state.complete:
             self._commit(state.epoch, True, state.weights)
+        if self.resumed_from is not None:
+            self.model._initial_epoch = None  # a later fit() of this model starts where it is told
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -246,6 +248,10 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     def __init__(self, filepath, **kwargs):
         kwargs["save_weights_only"] = True
         super().__init__(filepath, **kwargs)
+
+    def on_train_begin(self, logs=None):
+        for p in Path(self.filepath).parent.glob(".tmp-*.weights.h5"):  # a kill during a write
+            p.unlink(missing_ok=True)
 
     def _save_model(self, epoch, batch, logs):
         filepath = self._get_file_path(epoch, batch, logs)

@@ -37,7 +37,14 @@ def make_strategy(name: str = "auto", cpu_devices: int = 0) -> tf.distribute.Str
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise CXRConfigError("--strategy multi_worker needs TF_CONFIG (cluster and task) in the environment")
-        json.loads(os.environ["TF_CONFIG"])
+        try:
+            tc = json.loads(os.environ["TF_CONFIG"])
+            ok = isinstance(tc, dict) and isinstance(tc.get("cluster"), dict) and isinstance(tc.get("task"), dict)
+        except ValueError as e:
+            raise CXRConfigError(f"TF_CONFIG is not valid JSON: {e}") from None
+        if not ok:
+            raise CXRConfigError('TF_CONFIG needs "cluster" and "task" objects, e.g. {"cluster": {"worker": '
+                                 '["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}')
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "auto":
         # Listing devices initialises the runtime: only here, never before a

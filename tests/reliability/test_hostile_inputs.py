@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -97,8 +99,6 @@ def _expect_error(main, argv, capsys, path, cause):
     assert "Traceback" not in err
     line = [l for l in err.splitlines() if l.startswith("cxr_tf: error:")]
     assert line, err[-2000:]
-    import re
-
     assert re.search(rf"cxr_tf: error: {re.escape(str(path))}: .*{cause}", line[-1]), line[-1]
     return line[-1]
 
@@ -139,8 +139,6 @@ def test_on_error_skip_finishes_and_lists_every_bad_file(folder, tmp_path, capsy
     with open(run / "skipped.csv", newline="") as f:
         skipped = {r["path"].rsplit("/", 1)[-1]: r["cause"] for r in csv.DictReader(f)}
     assert set(skipped) == set(corpus)
-    import re
-
     for name, (_, cause) in corpus.items():
         assert re.search(cause, skipped[name]), (name, skipped[name])
     used = pd.read_csv(run / "splits.csv")["item"].map(lambda p: p.rsplit("/", 1)[-1])
@@ -190,8 +188,10 @@ def test_npz_with_nan_or_inf_is_named(tmp_path, capsys, bad):
     _expect_error(pneumonia_freeze.main, argv, capsys, path, "'train_images' contains NaN or inf")
 
 
-def test_evaluate_entry_point(tiny_export, folder, tmp_path, capsys):
+def test_evaluate_entry_point(tiny_export, folder, tmp_path, capsys, monkeypatch):
     from cxr_tf import evaluate
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the DICOM decode cache (~/.cache) stays in tmp
 
     model_path, _ = tiny_export
     root, corpus, renamed = folder
@@ -259,6 +259,4 @@ def test_manifest_reader_fuzz(tmp_path_factory, header, rows, quoted, names):
     assert all(c.strip() and c.lower() not in ("nan", "na") for c in ds.class_names)
     assert all(p.strip() and p != "nan" for p in ds.patient_ids)
     resolved_root = root.resolve()
-    from pathlib import Path
-
     assert all(resolved_root in Path(p).parents for p in ds.items)
