@@ -56,3 +56,19 @@ class CXRWeightsError(CXRError):
 
 class CXRModelError(CXRError, ValueError):
     """A model cannot be built or used as asked (e.g. unknown layer name)."""
+
+
+def run_main(fn, *args, **kwargs) -> int:
+    """Run a command's body: the project's errors become one line on stderr and exit code 2.
+
+    A user sees ``cxr_tf: error: <file>: <cause>``, never a traceback from deep inside
+    TensorFlow; anything else is a bug and keeps its traceback.
+    """
+    import sys
+
+    try:
+        fn(*args, **kwargs)
+    except CXRError as e:
+        print(f"cxr_tf: error: {e}", file=sys.stderr)
+        return 2
+    return 0

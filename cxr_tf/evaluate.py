@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tf.errors import CXRDatasetError, CXRError
+from cxr_tf.errors import CXRDatasetError, run_main
 
 
 def _match_classes(ds, model_classes: list[str], source=None):
@@ -127,13 +127,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m cxr_tf.evaluate", description=__doc__.split("\n")[0])
     add_arguments(p)
     a = p.parse_args(argv)
-    try:
-        evaluate_exported(a.model, a.data_dir, a.format, a.out, a.threshold, a.on_error, a.batch_size,
-                          a.splits, a.split_name)
-    except CXRError as e:
-        print(f"cxr_tf: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(evaluate_exported, a.model, a.data_dir, a.format, a.out, a.threshold, a.on_error,
+                    a.batch_size, a.splits, a.split_name)
 
 
 if __name__ == "__main__":

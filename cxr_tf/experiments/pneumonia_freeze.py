@@ -17,9 +17,14 @@ Commands::
 Writes ``runs/pneumonia_freeze/<UTC timestamp>/`` (config, splits, TensorBoard, metrics,
 report, plots, checkpoints) and exports ``saved_models/<export-name>/<version>/``.
 
-Result (2-core AMD EPYC CPU, TF 2.21, no pretrained weights since nothing can be
-downloaded here): see ``experiments/results/pneumonia_freeze.md`` for the command,
-the metrics on the held-out patient-level test split and the wall time.
+Results (2-core AMD EPYC VM, no GPU, TF 2.21; ResNet50 from scratch because no
+ImageNet weights can be downloaded here), details in ``experiments/results/pneumonia_freeze.md``:
+
+* no arguments (synthetic demo, 64 px, 5 epochs): test accuracy 0.815, macro AUC 0.936,
+  8 min 57 s wall;
+* ``--data-dir kermany224 --image-size 64 --freeze-until 0 --lr 1e-3 --bn-momentum 0.9
+  --augment light`` (4 epochs, best by validation AUC): test accuracy 0.747, macro AUC
+  0.880, averaged accuracy 0.831 on 522 held-out images of 284 patients.
 """
 from __future__ import annotations
 
@@ -177,14 +182,9 @@ def _v(m: dict, key: str) -> float:
 
 
 def main(argv=None) -> int:
-    from cxr_tf.errors import CXRError
+    from cxr_tf.errors import run_main
 
-    try:
-        run(parse(argv))
-    except CXRError as e:
-        print(f"cxr_tf: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: run(parse(argv)))
 
 
 if __name__ == "__main__":
