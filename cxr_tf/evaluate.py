@@ -93,10 +93,9 @@ def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: st
     out = out or os.path.join("runs", "evaluate", stamp)
     os.makedirs(out, exist_ok=True)
     if skipped:
-        import csv
+        from cxr_tf.io import write_skip_list
 
-        with open(os.path.join(out, "skipped.csv"), "w", newline="") as f:
-            csv.writer(f).writerows([("path", "cause"), *skipped])
+        write_skip_list(skipped, os.path.join(out, "skipped.csv"))
     cfg = {"model": str(model_path), "data_dir": str(data_dir), "format": fmt, "images": len(ds),
            "skipped": len(skipped), "threshold": threshold}
     metrics = evaluate_predictions(ds.class_index(), prob, model.class_names, out,

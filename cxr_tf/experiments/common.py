@@ -7,7 +7,6 @@ Experiments call these steps; each step is usable on its own.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -75,10 +74,9 @@ def check_items(cfg, ds: CXRDataset, run) -> CXRDataset:
     t = time.time()
     ds, skipped = prepare_items(ds, cache_dir=cfg.cache_dir, on_error=cfg.on_error)
     skipped = list(getattr(ds, "skipped", [])) + list(skipped)
-    with open(run / "skipped.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "cause"])
-        w.writerows(skipped)
+    from cxr_tf.io import write_skip_list
+
+    write_skip_list(skipped, run / "skipped.csv")
     if skipped:
         log(f"skipped {len(skipped)} unreadable files (listed in {run / 'skipped.csv'})")
     log(f"checked {len(ds)} images in {time.time() - t:.1f}s")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+
 
 import numpy as np
 from PIL import Image
 
-from ._common import DEFAULT_MAX_PIXELS
+from ._common import DEFAULT_MAX_PIXELS, atomic_write
 from .formats import TF_DECODABLE_FORMATS, sniff_format
 from .images import read_image
 
@@ -78,19 +78,5 @@ def to_png_cache(
         return out
     pixels = to_uint16_minmax(read_image(path, max_pixels=max_pixels))
     os.makedirs(cache_dir, exist_ok=True)
-    # Write to a temporary name in the same folder, then rename: concurrent
-    # workers or an interrupted run never leave a half-written PNG under `out`.
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # uint16 2-D -> Pillow mode "I;16" -> 16-bit grayscale PNG; no pnginfo given,
-            # so no metadata chunks are written.
-            Image.fromarray(pixels).save(f, format="PNG")
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return out
+    # no pnginfo given, so no metadata chunks: pixels only
+    return atomic_write(out, lambda f: Image.fromarray(pixels).save(f, format="PNG"))

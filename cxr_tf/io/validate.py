@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
+
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 from cxr_tf.errors import CXRConfigError, CXRImageError
 
-from ._common import DEFAULT_MAX_PIXELS
+from ._common import DEFAULT_MAX_PIXELS, atomic_write
 from .images import read_image
 
 
@@ -76,19 +76,10 @@ def write_skip_list(skipped: Iterable[tuple[str, str]], path_csv: str | os.PathL
         ``path_csv`` as a string.
     """
     path_csv = os.fspath(path_csv)
-    folder = os.path.dirname(os.path.abspath(path_csv))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "cause"])
-            writer.writerows((os.fspath(p), cause) for p, cause in skipped)
-        os.replace(tmp, path_csv)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path_csv
+
+    def write(f):
+        writer = csv.writer(f)
+        writer.writerow(["path", "cause"])
+        writer.writerows((os.fspath(p), cause) for p, cause in skipped)
+
+    return atomic_write(path_csv, write, "w", newline="", encoding="utf-8")
