@@ -22,7 +22,6 @@ from cxr_tf.data.augment import AugmentPolicy, apply_policy, get_policy
 from cxr_tf.data.preprocess import CHANNELS, prepare_image, resize_with_pad, scale_per_image
 from cxr_tf.datasets.contract import CXRDataset
 
-_TF_NATIVE = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
