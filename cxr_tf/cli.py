@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     ev.add_arguments(sub.add_parser("evaluate", help="score an exported model on a dataset"))
     g = sub.add_parser("augment-grid", help="write a PNG grid of augmented images")
     g.add_argument("images", nargs="+")
-    g.add_argument("--policy", default="s2")
+    g.add_argument("--policy", default="s2", help="a named policy, optionally + extras: s2, moderate+clahe+mixup, ...")
     g.add_argument("--out", default="augment_grid.png")
     g.add_argument("--image-size", type=int, default=224)
     g.add_argument("--n", type=int, default=5)
@@ -64,10 +64,11 @@ def main(argv=None) -> int:
             print(inspect_with_cli(a.path))
         elif a.cmd == "info":
             from cxr_tf.data import POLICIES
+            from cxr_tf.data.augment import EXTRAS
             from cxr_tf.models import list_backbones
 
             print("backbones:  ", ", ".join(list_backbones()))
-            print("augmentation:", ", ".join(POLICIES))
+            print("augmentation:", ", ".join(POLICIES), "| extras (policy+extra):", ", ".join(EXTRAS))
             print("experiments:", ", ".join(_experiments()))
     except CXRError as e:
         print(f"cxr_tf: error: {e}", file=sys.stderr)

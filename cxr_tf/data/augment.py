@@ -7,12 +7,27 @@ composed into ONE projective matrix per image and applied with a single
 ``RandomTranslation``, ... layers, each of which resamples the image again (and
 blurs it again). Photometric jitter is applied after, in the same map.
 
-All randomness is stateless and driven by a per-batch seed, so one seed gives
-identical augmented batches on every run.
+All randomness of the geometric and photometric parts is stateless and driven by a
+per-batch seed, so one seed gives identical augmented batches on every run.
+
+CXR-sensible extras come from Keras 3's own layers rather than hand-written code
+(no albumentations needed: Keras has an equivalent for each):
+
+* ``clahe``: probability of applying CLAHE
+  (``keras.layers.ContrastLimitedAdaptiveHistogramEqualization``, clip limit 2);
+* ``elastic``: ``keras.layers.RandomElasticTransform`` scale (small: 0.05-0.1);
+* ``mixup`` / ``cutmix``: ``keras.layers.MixUp`` alpha / ``keras.layers.CutMix``
+  factor, which mix images AND labels across the batch (use
+  :func:`apply_policy_with_labels`).
+
+Policies compose by name: ``get_policy("moderate+clahe+mixup")`` is the moderate
+policy with the ``clahe`` and ``mixup`` extras (:data:`EXTRAS`). The Keras layers
+draw from their own seeded generators (``keras.utils.set_random_seed``).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -48,6 +63,10 @@ class AugmentPolicy:
     brightness: float = 0.0
     contrast: float = 0.0
     gamma: float = 0.0
+    clahe: float = 0.0
+    elastic: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     @property
     def geometric(self) -> bool:
@@ -58,8 +77,21 @@ class AugmentPolicy:
         return any((self.brightness, self.contrast, self.gamma))
 
     @property
+    def keras_image_ops(self) -> bool:
+        return any((self.clahe, self.elastic))
+
+    @property
+    def label_mixing(self) -> bool:
+        return any((self.mixup, self.cutmix))
+
+    @property
     def identity(self) -> bool:
-        return not (self.geometric or self.photometric)
+        return not (self.geometric or self.photometric or self.keras_image_ops or self.label_mixing)
+
+    def describe(self) -> dict:
+        """The non-default parameters (for reports and configs)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != f.default or f.name == "name"}
 
 
 #: Named policies. ``s2`` is the SPEC S2 / seed-002 policy (rotation 45, vertical
@@ -78,14 +110,57 @@ POLICIES: dict[str, AugmentPolicy] = {
 }
 
 
+#: Extras that compose onto a named policy with ``+`` (``"s2+clahe+mixup"``).
+EXTRAS: dict[str, dict] = {
+    "clahe": {"clahe": 0.5},  # CLAHE on half of the images
+    "bc": {"brightness": 0.1, "contrast": 0.2},  # brightness / contrast jitter
+    "gamma": {"gamma": 0.3},
+    "elastic": {"elastic": 0.05},  # small elastic deformation
+    "mixup": {"mixup": 0.2},
+    "cutmix": {"cutmix": 1.0},
+    "flip": {"flip_horizontal": True},
+}
+
+
 def get_policy(policy: str | AugmentPolicy | None) -> AugmentPolicy:
-    if policy is None:
+    """A policy object from a name, ``name+extra+extra``, or an :class:`AugmentPolicy`."""
+    if policy is None or policy == "":
         return POLICIES["none"]
     if isinstance(policy, AugmentPolicy):
         return policy
-    if policy not in POLICIES:
-        raise ValueError(f"unknown augmentation policy {policy!r}; available: {sorted(POLICIES)}")
-    return POLICIES[policy]
+    base, *extras = [p.strip() for p in str(policy).split("+")]
+    if base not in POLICIES and base in EXTRAS:  # "clahe" alone = none + clahe
+        base, extras = "none", [base, *extras]
+    if base not in POLICIES:
+        raise ValueError(f"unknown augmentation policy {policy!r}; named policies: {sorted(POLICIES)}, "
+                         f"extras (join with +): {sorted(EXTRAS)}")
+    out = POLICIES[base]
+    for e in extras:
+        if e not in EXTRAS:
+            raise ValueError(f"unknown augmentation extra {e!r} in {policy!r}; extras: {sorted(EXTRAS)}")
+        out = dataclasses.replace(out, **EXTRAS[e])
+    if extras:
+        out = dataclasses.replace(out, name=str(policy))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _keras_layers(policy: AugmentPolicy) -> dict:
+    """The Keras augmentation layers of a policy (built once per policy)."""
+    import keras
+
+    layers = {}
+    if policy.clahe:
+        layers["clahe"] = keras.layers.ContrastLimitedAdaptiveHistogramEqualization(
+            value_range=(0, 1), clip_limit=2.0, tile_grid_size=(8, 8))
+    if policy.elastic:
+        layers["elastic"] = keras.layers.RandomElasticTransform(
+            factor=1.0, scale=policy.elastic, fill_mode="constant", value_range=(0, 1))
+    if policy.mixup:
+        layers["mixup"] = keras.layers.MixUp(alpha=policy.mixup)
+    if policy.cutmix:
+        layers["cutmix"] = keras.layers.CutMix(factor=policy.cutmix)
+    return layers
 
 
 def _u(seed, shape, v):
@@ -161,7 +236,29 @@ def apply_policy(images: tf.Tensor, policy: AugmentPolicy | str, seed: tf.Tensor
         images = tf.clip_by_value(images, 0.0, 1.0)
         if policy.gamma:
             images = tf.pow(images + 1e-6, tf.exp(_u(s[2], [b, 1, 1, 1], policy.gamma)))
+    if policy.keras_image_ops:
+        layers = _keras_layers(policy)
+        if policy.elastic:
+            images = layers["elastic"](images, training=True)
+        if policy.clahe:
+            # per image with probability `clahe` (stateless draw from this batch's seed)
+            pick = tf.random.stateless_uniform([b, 1, 1, 1], seed=photo_seed + 7) < policy.clahe
+            images = tf.where(pick, tf.cast(layers["clahe"](images), images.dtype), images)
     return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def apply_policy_with_labels(images: tf.Tensor, labels: tf.Tensor, policy: AugmentPolicy | str, seed: tf.Tensor):
+    """:func:`apply_policy`, then the label-mixing extras (MixUp, CutMix) on ``(images, labels)``."""
+    policy = get_policy(policy)
+    images = apply_policy(images, policy, seed)
+    if policy.label_mixing:
+        layers = _keras_layers(policy)
+        labels = tf.cast(labels, tf.float32)
+        for key in ("mixup", "cutmix"):
+            if key in layers:
+                out = layers[key]({"images": images, "labels": labels}, training=True)
+                images, labels = out["images"], out["labels"]
+    return images, labels
 
 
 def augmentation_grid(images: np.ndarray, policy: AugmentPolicy | str, path: str, n_aug: int = 5, seed: int = 0) -> str:
@@ -169,10 +266,18 @@ def augmentation_grid(images: np.ndarray, policy: AugmentPolicy | str, path: str
     images = np.asarray(images, np.float32)
     if images.ndim == 3:
         images = images[..., None]
+    policy = get_policy(policy)
     rows = []
     for i, img in enumerate(images):
-        batch = tf.repeat(img[None], n_aug, axis=0)
-        aug = apply_policy(batch, policy, tf.constant([seed, i], tf.int64)).numpy()
+        if policy.label_mixing:
+            # MixUp/CutMix mix with the other images of the batch: column k mixes with row i+k
+            batch = tf.constant(np.roll(images, -i, axis=0)[:n_aug] if len(images) >= n_aug
+                                else np.resize(np.roll(images, -i, axis=0), (n_aug,) + img.shape))
+            onehot = tf.eye(n_aug)
+            aug = apply_policy_with_labels(batch, onehot, policy, tf.constant([seed, i], tf.int64))[0].numpy()
+        else:
+            batch = tf.repeat(img[None], n_aug, axis=0)
+            aug = apply_policy(batch, policy, tf.constant([seed, i], tf.int64)).numpy()
         rows.append(np.concatenate([img] + list(aug), axis=1))
     grid = (np.concatenate(rows, axis=0)[..., 0] * 255).round().astype(np.uint8)
     tf.io.write_file(path, tf.io.encode_png(grid[..., None]))

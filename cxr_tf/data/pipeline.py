@@ -18,7 +18,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf.data.augment import AugmentPolicy, apply_policy, get_policy
+from cxr_tf.data.augment import AugmentPolicy, apply_policy_with_labels, get_policy
 from cxr_tf.data.preprocess import CHANNELS, prepare_image, resize_with_pad, scale_per_image
 from cxr_tf.datasets.contract import CXRDataset
 
@@ -177,7 +177,7 @@ def build_pipeline(
     if not policy.identity:
         seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
         d = tf.data.Dataset.zip((d, seeds)).map(
-            lambda xy, s: (apply_policy(xy[0], policy, s), xy[1]), num_parallel_calls=AUTOTUNE
+            lambda xy, s: apply_policy_with_labels(xy[0], xy[1], policy, s), num_parallel_calls=AUTOTUNE
         )
     d = d.prefetch(2)
     return Pipeline(d, steps, per_epoch)

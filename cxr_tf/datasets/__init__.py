@@ -15,6 +15,7 @@ from cxr_tf.datasets.sources import (
 from cxr_tf.datasets.splits import (
     check_leakage,
     kfold_patient_splits,
+    kfold_with_validation,
     load_splits,
     patient_split,
     save_splits,

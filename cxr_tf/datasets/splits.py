@@ -93,6 +93,34 @@ def kfold_patient_splits(ds: CXRDataset, k: int = 5, seed: int = 0) -> list[tupl
     return folds
 
 
+def kfold_with_validation(ds: CXRDataset, k: int = 5, val_fraction: float = 1 / 9, seed: int = 0) -> list[np.ndarray]:
+    """k-fold cross-validation by patient, each fold with its own validation part.
+
+    Fold ``i`` tests on the i-th patient-disjoint fold (:func:`kfold_patient_splits`);
+    the other patients are split train:val by ``val_fraction`` of patients (1/9 gives
+    the seed's train:val 8:1), stratified by class, for model selection. Every image is
+    tested exactly once across the folds.
+
+    Returns:
+        one split array per fold ("train" / "val" / "test" per item).
+    """
+    if not 0 < val_fraction < 1:
+        raise CXRConfigError(f"val_fraction must be in (0, 1); got {val_fraction}")
+    out = []
+    for i, (rest, held) in enumerate(kfold_patient_splits(ds, k, seed)):
+        sub = ds.subset(rest)
+        patients, strata = _patient_strata(sub)
+        n_val = max(1, int(round(val_fraction * len(patients))))
+        p_train, p_val = train_test_split(patients, test_size=n_val, random_state=seed + i,
+                                          stratify=_stratify_or_none(strata, n_val))
+        val_set = set(p_val)
+        split = np.full(len(ds), "test", dtype=object)
+        split[rest] = ["val" if p in val_set else "train" for p in sub.patient_ids]
+        check_leakage(split, ds.patient_ids)
+        out.append(split)
+    return out
+
+
 def check_leakage(split: Sequence[str], patient_ids: Sequence[str]) -> None:
     """Raise :class:`CXRLeakageError` if any patient has items in two splits."""
     df = pd.DataFrame({"s": np.asarray(split), "p": np.asarray(patient_ids)})

@@ -135,8 +135,13 @@ def train_pipeline(cfg, train_ds: CXRDataset):
                           balance=balance, seed=cfg.seed)
 
 
-def fit(cfg, model, train_ds, pipes, run, extra_callbacks=()):
-    """Fit with the standard callbacks; returns (history dict, seconds)."""
+def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = True):
+    """Fit with the standard callbacks; returns (history dict, seconds).
+
+    ``loggers=False`` leaves out the TensorBoard sample-image and confusion-matrix
+    loggers (the latter predicts the validation set again every epoch): sweeps of
+    many small trainings keep the scalars only.
+    """
     from cxr_tf.data import class_weights
     from cxr_tf.training.callbacks import ConfusionMatrixLogger, SampleImagesLogger, standard_callbacks
 
@@ -157,8 +162,9 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=()):
     cbs = standard_callbacks(run, patience=cfg.early_stopping)
     backup = [c for c in cbs if isinstance(c, resume.ResumableBackup)]
     cbs = [c for c in cbs if c not in backup]
-    cbs.append(SampleImagesLogger(train_pipeline(cfg, train_ds).dataset, str(run.tensorboard), model.class_names))
-    if not model.multilabel:
+    if loggers:
+        cbs.append(SampleImagesLogger(train_pipeline(cfg, train_ds).dataset, str(run.tensorboard), model.class_names))
+    if loggers and not model.multilabel:
         y_val = np.concatenate([np.asarray(y).argmax(1) for _, y in val.dataset])
         cbs.append(ConfusionMatrixLogger(val.dataset, y_val, str(run.tensorboard), model.class_names))
     cbs += list(extra_callbacks) + backup  # the backup commits an epoch last

@@ -13,6 +13,8 @@ Commands::
     # real data: the Kermany chest_xray folder (or kermany224)
     python -m cxr_tf.experiments.pneumonia_freeze --data-dir $CXR_DATA_DIR/kermany224
     python -m cxr_tf.experiments.pneumonia_freeze --data-dir DIR --classes pneumonia   # 2 classes
+    # freeze depth comparison (cxr_tf.experiments.freeze_depth), e.g. 114 vs 144:
+    python -m cxr_tf.experiments.pneumonia_freeze --compare-freeze 114,144 --data-dir DIR --weights imagenet
 
 Writes ``runs/pneumonia_freeze/<UTC timestamp>/`` (config, splits, TensorBoard, metrics,
 report, plots, checkpoints) and exports ``saved_models/<export-name>/<version>/``.
@@ -181,9 +183,25 @@ def _v(m: dict, key: str) -> float:
     return float("nan") if v is None else float(v)
 
 
+def _compare_freeze_argv(argv: list[str]) -> list[str] | None:
+    """``--compare-freeze 114,144 ...`` -> the freeze_depth experiment's argv (else None)."""
+    for i, a in enumerate(argv):
+        if a == "--compare-freeze" and i + 1 < len(argv):
+            return argv[:i] + argv[i + 2:] + ["--freeze-points", argv[i + 1]]
+        if a.startswith("--compare-freeze="):
+            return argv[:i] + argv[i + 1:] + ["--freeze-points", a.split("=", 1)[1]]
+    return None
+
+
 def main(argv=None) -> int:
     from cxr_tf.errors import run_main
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    compare = _compare_freeze_argv(argv)
+    if compare is not None:  # the seed's freeze-depth comparison (cxr_tf.experiments.freeze_depth)
+        from cxr_tf.experiments import freeze_depth
+
+        return freeze_depth.main(compare)
     return run_main(lambda: run(parse(argv)))
 
 

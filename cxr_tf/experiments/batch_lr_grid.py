@@ -1,0 +1,241 @@
+"""Batch size x learning rate grid (seed 004, SPEC S4), logged to TensorBoard HParams.
+
+Every cell is a full training with the same patient-level split, seed, epochs and
+initial weights; only the batch size and the learning rate change. The seed found the
+best batch at 8-16 and chose batch 32, lr 1e-4 (transfer learning at about a tenth of
+the base rate).
+
+Outputs in ``runs/batch_lr_grid/<stamp>/``: ``splits.csv``, ``cells/b<batch>_lr<lr>/``
+(a finished cell is never re-run: re-running the command resumes the grid),
+``tensorboard/`` with the HParams dashboard (``hparams_config`` at the root, one run
+per cell with its hyperparameters and final metrics) next to each cell's curves,
+``grid.csv``, ``plots/heatmap_val_auc.png`` (validation AUC; best cell marked; the
+linear-scaling line lr proportional to batch drawn through the best cell),
+``report.md`` and ``metrics.json``.
+
+Commands::
+
+    python -m cxr_tf.experiments.batch_lr_grid --data-dir $CXR_DATA_DIR/kermany224
+    # what we ran on 2 CPU cores (experiments/results/batch_lr_grid.md):
+    python -m cxr_tf.experiments.batch_lr_grid --data-dir $CXR_DATA_DIR/kermany224 \\
+        --backbone tiny_cnn --head gap --freeze-until 0 --image-size 64 --max-images 1500 \\
+        --epochs 6 --bn-momentum 0.9
+
+Defaults: batch {8, 16, 32, 64} x lr {1e-2, 1e-3, 1e-4, 1e-5} on the seed's ResNet50
+(frozen to 144, extra-FC head, 224 px).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from cxr_tf.experiments.pneumonia_freeze import PneumoniaFreezeConfig
+from cxr_tf.training.config import parse_config
+
+
+@dataclasses.dataclass
+class BatchLrGridConfig(PneumoniaFreezeConfig):
+    experiment: str = "batch_lr_grid"
+    batches: str = "8,16,32,64"
+    lrs: str = "1e-2,1e-3,1e-4,1e-5"
+    max_images: int = 0  # >0: a patient-level, class-stratified subset of this many images
+    early_stopping: int = 0  # every cell trains the same number of epochs
+    n_boot: int = 200
+    export: bool = False
+
+    def apply_smoke(self) -> None:
+        super().apply_smoke()
+        self.backbone, self.head, self.freeze_until = "tiny_cnn", "gap", 0
+        self.image_size, self.epochs = 32, 1
+        self.batches, self.lrs = "8,16", "1e-2,1e-3"
+        self.synthetic_n, self.max_images, self.n_boot, self.bn_momentum = 90, 0, 20, 0.9
+
+    def validate(self) -> None:
+        super().validate()
+        from cxr_tf.errors import CXRConfigError
+
+        try:
+            b, lr = self.batch_list, self.lr_list
+        except ValueError:
+            raise CXRConfigError(f"--batches / --lrs must be comma-separated numbers; got {self.batches!r}, {self.lrs!r}") from None
+        if not b or not lr or min(b) < 1 or min(lr) <= 0:
+            raise CXRConfigError(f"--batches must be integers >= 1 and --lrs > 0; got {self.batches!r}, {self.lrs!r}")
+
+    @property
+    def batch_list(self) -> list[int]:
+        from cxr_tf.experiments.sweep import parse_list
+
+        return sorted(set(parse_list(self.batches, int)))
+
+    @property
+    def lr_list(self) -> list[float]:
+        from cxr_tf.experiments.sweep import parse_list
+
+        return sorted(set(parse_list(self.lrs, float)), reverse=True)
+
+
+def parse(argv=None) -> BatchLrGridConfig:
+    return parse_config(BatchLrGridConfig, argv, description=__doc__.split("\n")[0])
+
+
+def cell_name(batch: int, lr: float) -> str:
+    return f"b{batch}_lr{lr:.0e}"
+
+
+HP_METRICS = ("val_macro_auc", "test_macro_auc", "test_accuracy", "final_train_loss")
+
+
+def write_hparams_config(logdir, batches, lrs) -> None:
+    """The HParams dashboard's experiment config (domains and metrics) at the log root."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        hp.hparams_config(
+            hparams=[hp.HParam("batch_size", hp.Discrete(list(batches))), hp.HParam("learning_rate", hp.Discrete(list(lrs)))],
+            metrics=[hp.Metric(f"hparams/{m}", display_name=m) for m in HP_METRICS],
+        )
+
+
+def write_hparams_cell(logdir, batch: int, lr: float, values: dict) -> None:
+    """One HParams session: the cell's hyperparameters and its final metrics."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    w = tf.summary.create_file_writer(str(logdir))
+    with w.as_default():
+        hp.hparams({"batch_size": batch, "learning_rate": lr}, trial_id=cell_name(batch, lr))
+        for m in HP_METRICS:
+            if values.get(m) is not None and np.isfinite(values[m]):
+                tf.summary.scalar(f"hparams/{m}", float(values[m]), step=1)
+    w.flush()
+
+
+def heatmap(grid: pd.DataFrame, path, value: str = "val_macro_auc") -> dict:
+    """Heatmap of ``value`` over batch x lr; best cell boxed; lr proportional to batch through it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted(grid["batch_size"].unique())
+    lrs = sorted(grid["learning_rate"].unique(), reverse=True)
+    z = np.full((len(lrs), len(batches)), np.nan)
+    for _, r in grid.iterrows():
+        z[lrs.index(r["learning_rate"]), batches.index(r["batch_size"])] = r[value]
+    fig, ax = plt.subplots(figsize=(1.3 * len(batches) + 2.5, 1.0 * len(lrs) + 1.8))
+    im = ax.imshow(z, cmap="viridis", aspect="auto")
+    fig.colorbar(im, ax=ax, label=value)
+    for i in range(len(lrs)):
+        for j in range(len(batches)):
+            if np.isfinite(z[i, j]):
+                ax.text(j, i, f"{z[i, j]:.3f}", ha="center", va="center",
+                        color="white" if z[i, j] < np.nanmean(z) else "black", fontsize=9)
+    best = None
+    if np.isfinite(z).any():
+        bi, bj = np.unravel_index(np.nanargmax(z), z.shape)
+        best = {"batch_size": int(batches[bj]), "learning_rate": float(lrs[bi]), value: float(z[bi, bj])}
+        ax.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+        # linear scaling rule through the best cell: lr = lr_best * batch / batch_best,
+        # drawn in the grid's log-spaced index coordinates
+        log_lrs = np.log10(lrs)
+        xs = np.linspace(0, len(batches) - 1, 50)
+        bx = np.exp(np.interp(xs, range(len(batches)), np.log(batches)))
+        line_lr = np.log10(lrs[bi] * bx / batches[bj])
+        ys = np.interp(-line_lr, -log_lrs, np.arange(len(lrs)), left=np.nan, right=np.nan) if len(lrs) > 1 else np.zeros_like(xs)
+        ax.plot(xs, ys, "r--", linewidth=1.5, label="lr ∝ batch (linear scaling)")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=8)
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_yticks(range(len(lrs)), [f"{lr:.0e}" for lr in lrs])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{value} (best boxed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return best
+
+
+def run(cfg: BatchLrGridConfig) -> dict:
+    from cxr_tf.experiments import common, sweep
+
+    t0 = time.time()
+    common.setup_runtime(cfg)
+    from cxr_tf.training.run import create_run_dir
+
+    run_dir = create_run_dir(cfg)
+    common.log(f"run folder: {run_dir}")
+    ds = common.load_experiment_data(cfg, cfg.classes)
+    ds = common.check_items(cfg, ds, run_dir)
+    ds = sweep.subsample_patients(ds, cfg.max_images, cfg.seed)
+    common.log(ds.summary())
+    split = common.make_split(cfg, ds, run_dir)
+    write_hparams_config(run_dir.tensorboard, cfg.batch_list, cfg.lr_list)
+
+    rows = []
+    for batch in cfg.batch_list:
+        for lr in cfg.lr_list:
+            name = cell_name(batch, lr)
+            res = sweep.train_cell(sweep.cell_config(cfg, batch_size=batch, lr=lr), ds, split, run_dir, name,
+                                   n_boot=cfg.n_boot)
+            hist = res["history"]
+            vals = {"val_macro_auc": res["validation"]["macro_auc"], "test_macro_auc": res["test"]["macro_auc"]["value"],
+                    "test_accuracy": res["test"]["accuracy"]["value"],
+                    "final_train_loss": hist["loss"][-1] if hist.get("loss") else float("nan")}
+            write_hparams_cell(run_dir.tensorboard / name, batch, lr, vals)
+            rows.append({"batch_size": batch, "learning_rate": lr, **vals, "epochs": len(hist.get("loss", [])),
+                         "steps_per_epoch": res["n"]["train"] // batch, "seconds": res["wall_seconds"]})
+            common.log(f"{name}: val AUC {vals['val_macro_auc']:.3f}, test AUC {vals['test_macro_auc']:.3f}")
+    grid = pd.DataFrame(rows)
+    grid.to_csv(run_dir / "grid.csv", index=False)
+    best = heatmap(grid, run_dir.plots / "heatmap_val_auc.png", "val_macro_auc")
+    heatmap(grid, run_dir.plots / "heatmap_test_auc.png", "test_macro_auc")
+    wall = time.time() - t0
+    md = _markdown(cfg, grid, best, wall, len(ds))
+    (run_dir / "report.md").write_text(md)
+    out = {"grid": grid.to_dict(orient="records"), "best_by_val_auc": best, "wall_seconds": round(wall, 1)}
+    run_dir.write_json("metrics.json", out)
+    common.log("summary:\n" + md)
+    common.print_tensorboard_hint(run_dir)
+    return out
+
+
+def _markdown(cfg, grid: pd.DataFrame, best: dict | None, wall: float, n: int) -> str:
+    batches = sorted(grid["batch_size"].unique())
+    lrs = sorted(grid["learning_rate"].unique(), reverse=True)
+    out = []
+    for value in ("val_macro_auc", "test_macro_auc"):
+        lines = [f"{value}:", "", "| lr \\ batch | " + " | ".join(str(b) for b in batches) + " |",
+                 "|---|" + "---|" * len(batches)]
+        for lr in lrs:
+            cells = []
+            for b in batches:
+                v = grid.loc[(grid["batch_size"] == b) & (grid["learning_rate"] == lr), value]
+                s = f"{float(v.iloc[0]):.3f}" if len(v) and math.isfinite(float(v.iloc[0])) else "-"
+                if best and b == best["batch_size"] and lr == best["learning_rate"] and value == "val_macro_auc":
+                    s = f"**{s}**"
+                cells.append(s)
+            lines.append(f"| {lr:.0e} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return (f"# Batch size x learning rate grid\n\nData: {cfg.data_dir or 'synthetic'} ({n} images; one patient-level "
+            f"split {cfg.split}); model {cfg.backbone} (head {cfg.head}, freeze_until {cfg.freeze_until}), "
+            f"{cfg.image_size} px, {cfg.epochs} epochs per cell, Adam, seed {cfg.seed}.\n\n" + "\n\n".join(out)
+            + (f"\n\nBest by validation AUC: batch {best['batch_size']}, lr {best['learning_rate']:.0e} "
+               f"(val AUC {best['val_macro_auc']:.3f})." if best else "")
+            + f"\n\nWall time {wall:.0f} s. Heatmap: `plots/heatmap_val_auc.png`; HParams: "
+              "`tensorboard --logdir tensorboard` -> HPARAMS tab.\n")
+
+
+def main(argv=None) -> int:
+    from cxr_tf.errors import run_main
+
+    return run_main(lambda: run(parse(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Many trainings in one run folder: k-fold cases, grids, freeze comparisons.
+
+A *cell* is one training (one case x fold, one grid point, ...). Every cell lives in
+``<run>/cells/<name>/`` (its config, checkpoints, history.csv, resume backup, and
+``result.json`` when finished) and logs to ``<run>/tensorboard/<name>/``, so
+``tensorboard --logdir <run>/tensorboard`` shows every cell side by side.
+
+Resumable at two levels: a finished cell (``result.json`` written with the same
+config) is never trained again, so re-running the same command after an interruption
+or with more cells reuses what exists; an interrupted cell resumes from its last
+committed epoch (:mod:`cxr_tf.training.resume`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cxr_tf.datasets import CXRDataset
+from cxr_tf.experiments import common
+from cxr_tf.training.run import RunDir, _comparable
+
+
+class CellRun(RunDir):
+    """A cell's folder; its TensorBoard logs go under the parent run's ``tensorboard/<name>``."""
+
+    def __init__(self, parent: RunDir, name: str):
+        self.parent = parent
+        self.name = name
+        super().__init__(parent / "cells" / name)
+        self.tensorboard.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.parent.tensorboard / self.name
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / "result.json").exists()
+
+
+def subsample_patients(ds: CXRDataset, max_images: int, seed: int = 0) -> CXRDataset:
+    """At most ``max_images`` images, taken by whole patients, keeping the class mix.
+
+    Patients are drawn in a seeded random order within each class stratum (a patient's
+    stratum is the class of their first image), so a subset never splits a patient.
+    """
+    if not max_images or max_images >= len(ds):
+        return ds
+    rng = np.random.default_rng(seed)
+    pid = ds.meta["patient_id"].astype(str).to_numpy()
+    cls = ds.class_index() if not ds.multilabel else np.zeros(len(ds), int)
+    frac = max_images / len(ds)
+    keep = np.zeros(len(ds), bool)
+    first = {}
+    for i, p in enumerate(pid):
+        first.setdefault(p, cls[i])
+    for c in np.unique(cls):
+        pats = np.array(sorted(p for p, k in first.items() if k == c))
+        rng.shuffle(pats)
+        target, n = frac * np.sum(cls == c), 0
+        for p in pats:
+            if n >= target:
+                break
+            m = pid == p
+            keep |= m
+            n += int(m.sum())
+    return ds.subset(np.flatnonzero(keep))
+
+
+def _same_config(path: Path, cfg_d: dict) -> bool:
+    return path.exists() and _comparable(json.loads(path.read_text())) == _comparable(cfg_d)
+
+
+def train_cell(cfg, ds: CXRDataset, split: np.ndarray, parent: RunDir, name: str, n_boot: int = 200) -> dict:
+    """Train and evaluate one cell (``split``: "train" / "val" / "test" per item).
+
+    The model is selected on validation AUC and scored on the ``test`` items. Returns
+    the cell's result (also written to ``cells/<name>/result.json``): config, test
+    metrics, per-epoch history, parameter counts, timings.
+    """
+    cell = CellRun(parent, name)
+    cfg_d = cfg.to_dict()
+    if cell.finished and _same_config(cell / "config.json", cfg_d):
+        common.log(f"cell {name}: done before, reusing {cell / 'result.json'}")
+        return json.loads((cell / "result.json").read_text())
+    if (cell / "config.json").exists() and not _same_config(cell / "config.json", cfg_d):
+        common.log(f"cell {name}: config changed, training it again")
+        shutil.rmtree(cell.path)
+        shutil.rmtree(cell.tensorboard, ignore_errors=True)
+        cell = CellRun(parent, name)
+    cell.write_json("config.json", cfg_d)
+
+    import keras
+
+    from cxr_tf.evaluation import classification_metrics
+    from cxr_tf.training.loop import compile_classifier
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg.seed)  # the same initial weights for every cell of a comparison
+    t0 = time.time()
+    (train_ds, val_ds, test_ds), pipes = common.build_pipelines(cfg, ds, split, None)
+    model = build_classifier(cfg, ds)
+    compile_classifier(model, cfg.optimizer_config(), pipes[0].steps, cfg.epochs, cfg.label_smoothing)
+    params = model.parameter_counts()
+    common.log(f"cell {name}: {len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images; "
+               f"trainable {params['trainable']:,}")
+    history, fit_s = common.fit(cfg, model, train_ds, pipes, cell, loggers=False)
+    common.restore_best(model, cell)
+    y_val, p_val = common.evaluate_split(model, pipes[1], val_ds)
+    y_test, p_test = common.evaluate_split(model, pipes[2], test_ds)
+    val_m = classification_metrics(y_val, p_val, ds.class_names, n_boot=0)
+    test_m = classification_metrics(y_test, p_test, ds.class_names, n_boot=n_boot)
+    result = {
+        "name": name,
+        "config": cfg_d,
+        "n": {"train": len(train_ds), "val": len(val_ds), "test": len(test_ds)},
+        "parameters": params,
+        "history": {k: [float(v) for v in vals] for k, vals in history.items()},
+        "validation": {"accuracy": val_m["accuracy"]["value"], "macro_auc": val_m["macro_auc"]["value"]},
+        "test": test_m,
+        "fit_seconds": round(fit_s, 1),
+        "wall_seconds": round(time.time() - t0, 1),
+    }
+    np.savez_compressed(cell / "test_predictions.npz", y_true=y_test, y_prob=p_test)
+    cell.write_json("result.json", result)  # the commit point: a finished cell
+    common.finish_run(cell)
+    return result
+
+
+def build_classifier(cfg, ds: CXRDataset):
+    """The experiment's classifier; ``--weights run:DIR`` copies the backbone from an earlier run."""
+    from cxr_tf.models import build_model
+    from cxr_tf.models.transfer import is_run_weights, load_backbone_from_run
+
+    from_run = is_run_weights(cfg.weights)
+    model = build_model(
+        cfg.backbone, num_classes=ds.num_classes, image_size=cfg.image_size, head=cfg.head, dropout=cfg.dropout,
+        freeze_until=cfg.freeze_until, class_names=ds.class_names,
+        weights=None if cfg.weights == "none" or from_run else cfg.weights, bn_momentum=cfg.bn_momentum,
+    )
+    if from_run:
+        n = load_backbone_from_run(model, cfg.weights)
+        common.log(f"backbone: {n} layers' weights from {cfg.weights}")
+    return model
+
+
+def cell_config(cfg, **changes):
+    """A copy of ``cfg`` with ``changes`` (a cell's own settings)."""
+    return dataclasses.replace(cfg, **changes)
+
+
+def summary_row(result: dict) -> dict:
+    """Flat numbers of one cell for tables: macro AUC, accuracy, per-class recall."""
+    m = result["test"]
+    row = {"macro_auc": m["macro_auc"]["value"], "accuracy": m["accuracy"]["value"],
+           "averaged_accuracy": m["averaged_accuracy"]}
+    for c, pc in m["per_class"].items():
+        row[f"recall_{c}"] = pc["sensitivity"]["value"]
+    row["val_macro_auc"] = result["validation"]["macro_auc"]
+    return row
+
+
+def parse_list(text: str, cast=float) -> list:
+    """``"8,16,32"`` -> ``[8, 16, 32]``."""
+    return [cast(t) for t in str(text).replace(" ", "").split(",") if t]
