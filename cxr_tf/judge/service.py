@@ -114,7 +114,9 @@ class RatingService:
 
     def next_item(self, rater: RaterInfo) -> Shown | None:
         """The rater's current item (first unanswered in their order), ``None`` when done."""
-        answered = self.store.answered_item_ids(rater.id)
+        return self._first_unanswered(rater, self.store.answered_item_ids(rater.id))
+
+    def _first_unanswered(self, rater: RaterInfo, answered: set[int]) -> Shown | None:
         for item_id in self.order(rater):
             if item_id not in answered:
                 return self.shown(rater, item_id)
@@ -142,7 +144,9 @@ class RatingService:
         answer = shown.answer_for(choice)
         answered = self.store.answered_item_ids(rater.id)
         if item_id not in answered:
-            current = self.next_item(rater)
+            # judged against this one snapshot: a duplicate request racing the first one sees
+            # the item as current and ends as "unchanged" through the unique constraint
+            current = self._first_unanswered(rater, answered)
             if current is None or current.item_id != item_id:
                 raise NotCurrentItem("this is not your current item; reload the page")
         return self.store.record(rater.id, item_id, shown.item.kind, answer, revise=revise,

@@ -67,8 +67,17 @@ class LiveServer:
         self.thread.start()
 
     def close(self) -> None:
-        self.server.close()
-        self.thread.join(timeout=5)
+        from waitress import wasyncore
+
+        srv = self.server
+
+        def stop():  # runs in the server's own loop thread, so select never sees a closed socket
+            srv.task_dispatcher.shutdown()
+            wasyncore.close_all(srv._map)
+
+        srv.trigger.pull_trigger(stop)
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "live server did not stop"
 
 
 class PostgresCluster:
