@@ -12,6 +12,9 @@
     $(id).addEventListener("error", () => { setStatus("An image failed to load; reload the page."); imageLoaded(); });
   }
 
+  // data-ready on #stage tells the user (and the browser tests) that an answer will be taken
+  function setBusy(v) { state.busy = v; $("stage").dataset.ready = v ? "0" : "1"; }
+
   function setStatus(text) { $("status").textContent = text || ""; }
 
   function showProgress(p) {
@@ -22,7 +25,7 @@
 
   function imageLoaded() {
     state.pending -= 1;
-    if (state.pending <= 0) { state.shownAt = performance.now(); state.busy = false; }
+    if (state.pending <= 0) { state.shownAt = performance.now(); setBusy(false); }
   }
 
   function render(item, selected) {
@@ -31,7 +34,7 @@
     $("stage").dataset.kind = item ? item.kind : "";
     $("stage").hidden = !item;
     $("done").hidden = !!item || state.revise;
-    if (!item) { state.busy = false; return; }
+    if (!item) { setBusy(false); return; }
     const afc = item.kind === "2afc";
     $("ref-row").hidden = !afc;
     $("jnd-buttons").hidden = afc;
@@ -46,7 +49,7 @@
       $(id).classList.toggle("selected", selected === id.slice(7));
     }
     const slots = afc ? ["ref", "left", "right"] : ["left", "right"];
-    state.busy = true;
+    setBusy(true);
     state.pending = slots.length;
     state.renders += 1;  // a fresh URL each time, so "load" always fires
     for (const s of slots) { $("img-" + s).src = item.images[s] + "?v=" + state.renders; }
@@ -75,16 +78,15 @@
   async function answer(choice) {
     const item = state.item;
     if (!item || state.busy || !item.choices.includes(choice)) { return; }
-    state.busy = true;
+    setBusy(true);
     const ms = Math.max(0, Math.round(performance.now() - state.shownAt));
-    const r = await call("POST", "/api/answer", { item: item.id, choice, revise: state.revise, ms });
-    if (r.status === 200 || r.status === 201) {
-      setStatus("");
-      showProgress(r.data.progress);
+    try {
+      const r = await call("POST", "/api/answer", { item: item.id, choice, revise: state.revise, ms });
+      setStatus(r.status === 200 || r.status === 201 ? "" : (r.data.error || ("error " + r.status)));
       await loadNext();
-    } else {
-      setStatus(r.data.error || ("error " + r.status));
-      await loadNext();
+    } catch (e) {
+      setStatus("Not saved (" + e + "); answer again.");
+      setBusy(false);
     }
   }
 
