@@ -82,6 +82,7 @@ def test_rating_session_in_chromium(browser, tmp_path):
         # the page really shows three decoded images for a 2AFC item
         widths = d.execute_script("return ['img-ref','img-left','img-right'].map(i => document.getElementById(i).naturalWidth)")
         assert widths == [32, 32, 32]
+        assert el("img-ref").is_displayed() and not el("choice-same").is_displayed()
         el("choice-left").click()                 # click
         at_item(1, 1)
         press("2")                                # key: right
@@ -89,6 +90,7 @@ def test_rating_session_in_chromium(browser, tmp_path):
         press(Keys.ARROW_LEFT)                    # key: left
         at_item(3, 3)
         assert el("stage").get_attribute("data-kind") == "jnd" and not el("ref-row").is_displayed()
+        assert el("choice-same").is_displayed() and el("img-left").is_displayed()
 
         d.refresh()                               # a returning rater continues where they stopped
         at_item(3, 3)
