@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -32,7 +33,10 @@ def postgres():
     os.chmod(root, 0o755)
     cluster = PostgresCluster(os.path.join(root, "cluster"))
     try:
-        cluster.start()
+        try:
+            cluster.start()
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:  # environment, not our code
+            pytest.skip(f"PostgreSQL tests skipped: could not start a throwaway cluster: {e}")
         yield cluster
     finally:
         cluster.stop()
