@@ -77,7 +77,6 @@ def create_app(testset_dir: str, db: str, *, secret_key: bytes | None = None, se
         SESSION_COOKIE_SECURE=secure_cookies,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         MAX_CONTENT_LENGTH=16 * 1024,
-        JSON_SORT_KEYS=False,
     )
     app.extensions["cxr_judge"] = service
 
