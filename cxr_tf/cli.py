@@ -5,6 +5,7 @@
     cxr-tf augment-grid --policy s2 IMAGE... --out grid.png
     cxr-tf inspect saved_models/NAME/VERSION  (saved_model_cli show --all)
     cxr-tf info                               backbones, policies, experiments
+    cxr-tf judge serve|add-rater|export ...   rater app for the perceptual test set (cxr_tf.judge.cli)
 """
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def main(argv=None) -> int:
     i = sub.add_parser("inspect", help="saved_model_cli show --all on an export")
     i.add_argument("path")
     sub.add_parser("info", help="list backbones, augmentation policies and experiments")
+    from cxr_tf.judge import cli as judge_cli
+
+    judge_cli.add_arguments(sub.add_parser("judge", help="rater app: serve, add-rater, export (needs the judge extra)"))
 
     if argv[:1] == ["train"]:
         a, rest = p.parse_known_args(argv)
@@ -56,6 +60,8 @@ def main(argv=None) -> int:
         if a.cmd == "evaluate":
             ev.evaluate_exported(a.model, a.data_dir, a.format, a.out, a.threshold, a.on_error, a.batch_size,
                                  a.splits, a.split_name)
+        elif a.cmd == "judge":
+            return judge_cli.run(a)
         elif a.cmd == "augment-grid":
             _augment_grid(a)
         elif a.cmd == "inspect":
