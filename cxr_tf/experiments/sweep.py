@@ -44,32 +44,33 @@ class CellRun(RunDir):
 
 
 def subsample_patients(ds: CXRDataset, max_images: int, seed: int = 0) -> CXRDataset:
-    """At most ``max_images`` images, taken by whole patients, keeping the class mix.
+    """About ``max_images`` images, taken by whole patients, keeping the class mix.
 
-    Patients are drawn in a seeded random order within each class stratum (a patient's
-    stratum is the class of their first image), so a subset never splits a patient.
+    Patients are visited in a seeded random order and taken while no class exceeds its
+    share of ``max_images`` (patients may have images of several classes: Kermany has
+    808 patients with both bacterial and viral images), so a subset never splits a
+    patient and its class proportions match the full dataset's.
     """
     if not max_images or max_images >= len(ds):
         return ds
     rng = np.random.default_rng(seed)
     pid = ds.meta["patient_id"].astype(str).to_numpy()
     cls = ds.class_index() if not ds.multilabel else np.zeros(len(ds), int)
-    frac = max_images / len(ds)
-    keep = np.zeros(len(ds), bool)
-    first = {}
-    for i, p in enumerate(pid):
-        first.setdefault(p, cls[i])
-    for c in np.unique(cls):
-        pats = np.array(sorted(p for p, k in first.items() if k == c))
-        rng.shuffle(pats)
-        target, n = frac * np.sum(cls == c), 0
-        for p in pats:
-            if n >= target:
+    k = int(cls.max()) + 1
+    target = max_images * np.bincount(cls, minlength=k) / len(ds)
+    slack = np.maximum(1.0, 0.01 * target)
+    patients, inverse = np.unique(pid, return_inverse=True)
+    counts = np.zeros((len(patients), k))
+    np.add.at(counts, (inverse, cls), 1)
+    have = np.zeros(k)
+    chosen = np.zeros(len(patients), bool)
+    for p in rng.permutation(len(patients)):
+        if np.all(have + counts[p] <= target + slack):
+            have += counts[p]
+            chosen[p] = True
+            if have.sum() >= max_images:
                 break
-            m = pid == p
-            keep |= m
-            n += int(m.sum())
-    return ds.subset(np.flatnonzero(keep))
+    return ds.subset(np.flatnonzero(chosen[inverse]))
 
 
 def _same_config(path: Path, cfg_d: dict) -> bool:

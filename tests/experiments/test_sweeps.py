@@ -183,7 +183,9 @@ def test_batch_lr_grid_hparams_events_parse(tmp_path):
     acc.Reload()
     assert "hparams/val_macro_auc" in acc.Tags()["tensors"]
     row = grid[(grid.batch_size == 16) & (grid.learning_rate == 1e-3)].iloc[0]
-    logged = float(acc.Tensors("hparams/val_macro_auc")[-1].tensor_proto.float_val[0])
+    from tensorboard.util import tensor_util
+
+    logged = float(tensor_util.make_ndarray(acc.Tensors("hparams/val_macro_auc")[-1].tensor_proto))
     assert logged == pytest.approx(row.val_macro_auc, abs=1e-6)
 
 
