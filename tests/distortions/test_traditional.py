@@ -202,3 +202,13 @@ def test_photometric_properties():
     inside = (img - m) * p["factor"] + m
     ok = (inside > 0) & (inside < 1)
     assert np.allclose(out[ok] - m, (img[ok] - m) * p["factor"], atol=1e-5)
+
+
+def test_distortion_grid_png(tmp_path):
+    from PIL import Image
+
+    from cxr_tf.distortions.grid import distortion_grid
+
+    out = distortion_grid(_image(32), tmp_path / "g.png", names=["shift", "jpeg"], severities=(0.2, 0.5, 1.0))
+    im = Image.open(out)
+    assert im.format == "PNG" and im.size == (4 * 160, 2 * 160)
