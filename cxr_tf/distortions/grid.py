@@ -52,7 +52,7 @@ def _grid_from(dists: dict, image, out_path, severities=(0.25, 0.5, 1.0), seed: 
                 ax.set_ylabel(f"{name}\n({d.family})", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (1.6 * len(names))) if title else None)
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return os.fspath(out_path)

@@ -212,3 +212,17 @@ def test_distortion_grid_png(tmp_path):
     out = distortion_grid(_image(32), tmp_path / "g.png", names=["shift", "jpeg"], severities=(0.2, 0.5, 1.0))
     im = Image.open(out)
     assert im.format == "PNG" and im.size == (4 * 160, 2 * 160)
+
+
+def test_cli_distortion_grid(tmp_path):
+    from PIL import Image
+
+    from cxr_tf.cli import main
+
+    src = tmp_path / "x.png"
+    Image.fromarray((_image(48) * 255).astype(np.uint8)).save(src)
+    out = tmp_path / "grid.png"
+    assert main(["distortion-grid", str(src), "--out", str(out), "--image-size", "32",
+                 "--distortions", "jpeg,pink_noise"]) == 0
+    assert Image.open(out).size == (4 * 160, 2 * 160)
+    assert main(["distortion-grid", str(src), "--out", str(out), "--distortions", "nope"]) == 2
