@@ -99,3 +99,20 @@ def test_fit_linear_learns_the_informative_channels(tiny):
     assert (lin.w >= 0).all() and lin.w[:5].mean() > 5 * lin.w[5:].mean()
     assert held > base + 0.1 and held > 0.8
     assert lin.name.endswith("+lin") and lin.extractor is dist.extractor
+
+
+def test_load_classifier_from_run_folder_and_keras_file(tmp_path):
+    import json
+
+    from cxr_tf.models import build_model
+
+    m = build_model("tiny_cnn", num_classes=2, image_size=32, freeze_until=0, head="gap")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "model.json").write_text(json.dumps({"config": m.get_config()}))
+    m.save_weights(tmp_path / "checkpoints" / "best.weights.h5")
+    m.save(tmp_path / "m.keras")
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype("float32")
+    for spec in (str(tmp_path), str(tmp_path / "m.keras")):
+        m2 = load_classifier(spec)
+        np.testing.assert_allclose(np.asarray(m2(x)), np.asarray(m(x)), atol=1e-6)
+        assert DeepFeatureDistance(m2).layers == ["block1_relu", "block2_relu", "block3_relu"]
