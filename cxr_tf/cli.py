@@ -3,6 +3,7 @@
     cxr-tf train pneumonia_freeze [flags]     run an experiment (same as python -m cxr_tf.experiments.NAME)
     cxr-tf evaluate --model DIR --data-dir DIR [--format ...]
     cxr-tf augment-grid --policy s2 IMAGE... --out grid.png
+    cxr-tf distortion-grid IMAGE --out grid.png   every distortion at three severities (SPEC S2)
     cxr-tf inspect saved_models/NAME/VERSION  (saved_model_cli show --all)
     cxr-tf info                               backbones, policies, experiments
     cxr-tf judge serve|add-rater|export ...   rater app for the perceptual test set (cxr_tf.judge.cli)
@@ -41,6 +42,13 @@ def main(argv=None) -> int:
     g.add_argument("--image-size", type=int, default=224)
     g.add_argument("--n", type=int, default=5)
     g.add_argument("--seed", type=int, default=0)
+    dg = sub.add_parser("distortion-grid", help="PNG grid: every distortion at three severities on one image")
+    dg.add_argument("image")
+    dg.add_argument("--out", default="distortion_grid.png")
+    dg.add_argument("--image-size", type=int, default=128)
+    dg.add_argument("--severities", default="0.25,0.5,1.0")
+    dg.add_argument("--distortions", default="all", help="comma list of registered names, or all")
+    dg.add_argument("--seed", type=int, default=0)
     i = sub.add_parser("inspect", help="saved_model_cli show --all on an export")
     i.add_argument("path")
     sub.add_parser("info", help="list backbones, augmentation policies and experiments")
@@ -64,6 +72,8 @@ def main(argv=None) -> int:
             return judge_cli.run(a)
         elif a.cmd == "augment-grid":
             _augment_grid(a)
+        elif a.cmd == "distortion-grid":
+            _distortion_grid(a)
         elif a.cmd == "inspect":
             from cxr_tf.export import inspect_with_cli
 
@@ -95,6 +105,18 @@ def _augment_grid(a) -> None:
         png = tf.io.encode_png(np.clip((arr - arr.min()) / max(np.ptp(arr), 1e-6) * 65535, 0, 65535).astype(np.uint16)[..., None])
         imgs.append(prepare_image(png, a.image_size).numpy())
     augmentation_grid(np.stack(imgs), a.policy, a.out, n_aug=a.n, seed=a.seed)
+    print(f"[cxr_tf] wrote {a.out}")
+
+
+def _distortion_grid(a) -> None:
+    from cxr_tf.distortions.grid import distortion_grid
+    from cxr_tf.experiments.perceptual_testset import _to_unit
+    from cxr_tf.io import read_image
+
+    img = _to_unit(read_image(a.image), a.image_size)
+    names = None if a.distortions == "all" else [n.strip() for n in a.distortions.split(",")]
+    sev = [float(v) for v in a.severities.split(",")]
+    distortion_grid(img, a.out, names=names, severities=sev, seed=a.seed, title=os.path.basename(a.image))
     print(f"[cxr_tf] wrote {a.out}")
 
 
