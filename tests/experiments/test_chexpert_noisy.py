@@ -72,3 +72,24 @@ def test_noise_study_smoke_on_real_nih(data_dir, tmp_path):
     assert "| method | mean AUC" in (run / "results_noise.md").read_text()
     splits = pd.read_csv(run / "splits.csv")
     assert splits.groupby("patient")["split"].nunique().max() == 1  # patient-level
+
+
+def test_load_data_detects_chexpert_layout(tmp_path):
+    from PIL import Image
+
+    from cxr_tf.datasets.chexpert import CHEXPERT_LABELS
+
+    d = tmp_path / "CheXpert-v1.0-small"
+    d.mkdir()
+    lines = ["Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)]
+    for i in range(4):
+        rel = f"CheXpert-v1.0-small/train/patient0000{i}/study1/view1_frontal.jpg"
+        (tmp_path / rel).parent.mkdir(parents=True)
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(tmp_path / rel)
+        lines.append(f"{rel},Male,50,Frontal,AP," + ",".join(["-1.0" if i % 2 else "1.0"] + [""] * 13))
+    (d / "train.csv").write_text("\n".join(lines) + "\n")
+    ds, layout = cn.load_data(cn.ChexpertNoisyConfig(data_dir=str(tmp_path)))
+    assert layout == "chexpert" and len(ds) == 4 and ds.meta["patient_id"].nunique() == 4
+    assert list(ds.labels[:, 0]) == [1, -1, 1, -1] and np.isnan(ds.labels[:, 1:]).all()
+    x = cn.decode_all(ds, 16)
+    assert x.shape == (4, 16, 16, 1) and x.max() <= 1.0

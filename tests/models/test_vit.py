@@ -40,6 +40,7 @@ def test_tiny_transformers_flat_roundtrip(name, n_tokens, tmp_path):
     assert m2.get_config() == m.get_config()
 
 
+@pytest.mark.slow
 def test_vit_learns_a_simple_task():
     # bright left half vs bright right half: a tiny ViT must separate them after a few steps
     rng = np.random.default_rng(0)
