@@ -28,8 +28,13 @@ Commands::
 Writes ``runs/chexpert_noisy/<UTC timestamp>/``: ``config.json``, ``splits.csv``,
 ``results_<study>.csv`` / ``.md`` (per-label AUCs with CIs, mean AUC with CI), ``metrics.json``.
 
-Results: see ``experiments/results/chexpert_noisy.md`` (2-core CPU VM, one core; NIH
-nih1000_64: 800 real images at 64 px, tiny models, a few epochs).
+Results (2-core CPU VM, one core; NIH nih1000_64: 800 real images at 64 px, 221 patients,
+8 epochs from scratch), details in ``experiments/results/chexpert_noisy.md``:
+
+* ``--study noise --epochs 8`` (706 s): test mean AUC over 10 labels 0.50-0.60 for every method;
+  no paired difference to U-Ignore excludes 0 (U-LSR +0.045 [-0.011, +0.100] is the largest).
+* ``--study compare --epochs 8`` (1,198 s): ResNet50 0.519, ViT 0.540, hybrid 0.504; all ideas
+  within +-0.03 of ResNet50 with CIs spanning 0. At this scale every model is near chance.
 """
 from __future__ import annotations
 
