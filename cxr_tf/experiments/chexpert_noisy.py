@@ -248,12 +248,12 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
         conditional_weights, derive_parent_labels, freeze_all_but, hierarchical_probabilities, make_masked_mixup,
         relabel,
     )
-    from cxr_tf.training.uncertainty import UncertaintyPolicy, pack
+    from cxr_tf.training.uncertainty import UncertaintyPolicy, pack, parse_policy
 
     keras.utils.set_random_seed(cfg.seed)
     tr, va, te = idx
     raw = derive_parent_labels(raw_train, names, hierarchy) if method.hierarchy else raw_train
-    pol = UncertaintyPolicy(uncertain=method.policy, lsr_range=(cfg.lsr_low, cfg.lsr_high), blank=cfg.blank,
+    pol = UncertaintyPolicy(uncertain=parse_policy(method.policy), lsr_range=(cfg.lsr_low, cfg.lsr_high), blank=cfg.blank,
                             blank_weight=cfg.blank_weight, seed=cfg.seed)
     t, w = pol.apply(raw, names)
     if method.hierarchy:
