@@ -3,6 +3,7 @@
     cxr-tf train pneumonia_freeze [flags]     run an experiment (same as python -m cxr_tf.experiments.NAME)
     cxr-tf evaluate --model DIR --data-dir DIR [--format ...]
     cxr-tf augment-grid --policy s2 IMAGE... --out grid.png
+    cxr-tf explain --model saved_models/NAME/VERSION IMAGE... [--method gradcam|gradcam++|scorecam]
     cxr-tf inspect saved_models/NAME/VERSION  (saved_model_cli show --all)
     cxr-tf info                               backbones, policies, experiments
 """
@@ -40,6 +41,9 @@ def main(argv=None) -> int:
     g.add_argument("--image-size", type=int, default=224)
     g.add_argument("--n", type=int, default=5)
     g.add_argument("--seed", type=int, default=0)
+    from cxr_tf.explain import command as explain_cmd
+
+    explain_cmd.add_arguments(sub.add_parser("explain", help="CAM heat maps and overlays for image files"))
     i = sub.add_parser("inspect", help="saved_model_cli show --all on an export")
     i.add_argument("path")
     sub.add_parser("info", help="list backbones, augmentation policies and experiments")
@@ -56,6 +60,8 @@ def main(argv=None) -> int:
         if a.cmd == "evaluate":
             ev.evaluate_exported(a.model, a.data_dir, a.format, a.out, a.threshold, a.on_error, a.batch_size,
                                  a.splits, a.split_name)
+        elif a.cmd == "explain":
+            explain_cmd.run(a)
         elif a.cmd == "augment-grid":
             _augment_grid(a)
         elif a.cmd == "inspect":
