@@ -149,7 +149,8 @@ def load_data(cfg, binary: bool = False):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = load_covid_dataset(cfg.data_dir, per_class=cfg.per_class or None, seed=cfg.seed, binary=binary)
+        ds = load_covid_dataset(cfg.data_dir, per_class=getattr(cfg, "per_class", None) or None, seed=cfg.seed,
+                                binary=binary)
     from cxr_tf.experiments.common import log
 
     for w in caught:
