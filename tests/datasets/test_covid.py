@@ -62,6 +62,18 @@ def test_per_class_draw_and_binary(data_dir, covid3):
     assert list(b.items) == list(b2.items)  # seeded
 
 
+def test_cross_source_copies_share_a_patient(covid3):
+    """covid19_radiography re-publishes ieee8023 images: copies are grouped with their original's patient."""
+    assert covid3.n_cross_source_duplicates > 20
+    dup = covid3.meta[covid3.meta["duplicate_of"] != ""]
+    assert set(dup["source"]) == {"covid19_radiography"}
+    orig = covid3.meta.set_index("item").loc[dup["duplicate_of"], "patient_id"].to_numpy()
+    assert (dup["patient_id"].to_numpy() == orig).all()
+    split = patient_split(covid3, (0.8, 0.1, 0.1), seed=0)
+    where = dict(zip(covid3.item_names, split))
+    assert all(where[a] == where[b] for a, b in zip(dup["item"], dup["duplicate_of"]))
+
+
 def test_bad_layouts_are_clear_errors(tmp_path):
     with pytest.raises(CXRDatasetError, match="index.csv not found"):
         load_covid_ieee8023(tmp_path)
