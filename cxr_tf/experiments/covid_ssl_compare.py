@@ -25,8 +25,11 @@ shortcut table), per-model ``<model>/metrics.json`` and plots, ``comparison.md``
 ``comparison.csv`` (the seed-000 table), ``cam_border.csv`` (Grad-CAM border-band
 share per model over test images) and TensorBoard logs with CAM overlays.
 
-Result (2-core CPU VM, 1 core, no ImageNet weights: random init, 64 px, 120 images per
-class, 6 epochs): see ``experiments/results/covid_ssl_compare.md``.
+Result: no real-data run is committed yet (the 2-core VM's shared run queue did not reach
+it before the deadline); the planned CPU-sized run is
+``--image-size 64 --per-class 80 --epochs 4 --batch-size 16 --lr 1e-3`` (random init: no
+ImageNet weights offline). The smoke run on real data is a test
+(``tests/experiments/test_covid_experiments.py``).
 """
 from __future__ import annotations
 

@@ -32,8 +32,10 @@ Writes ``runs/deep_covid/<UTC>/``: splits, ``source_mix.csv``, ``trunks/``, per 
 ``saved_models/deep_covid_<model>/<version>/`` with the Keras model in ``assets.extra``
 (for ``cxr-tf explain``).
 
-Result (2-core CPU VM, 1 core, 64 px, Kermany-pretrained trunks): see
-``experiments/results/deep_covid.md``.
+Result: no real-data run is committed yet (the 2-core VM's shared run queue did not reach
+it before the deadline); the planned CPU-sized run is ``--image-size 64 --n-non-covid 800
+--pretrain-images 600 --pretrain-epochs 2 --export-models squeezenet``. The smoke run on
+real data is a test (``tests/experiments/test_covid_experiments.py``).
 """
 from __future__ import annotations
 
