@@ -4,6 +4,7 @@
     cxr-tf evaluate --model DIR --data-dir DIR [--format ...]
     cxr-tf augment-grid --policy s2 IMAGE... --out grid.png
     cxr-tf distortion-grid IMAGE --out grid.png   every distortion at three severities (SPEC S2)
+    cxr-tf explain --model saved_models/NAME/VERSION IMAGE... [--method gradcam|gradcam++|scorecam]
     cxr-tf inspect saved_models/NAME/VERSION  (saved_model_cli show --all)
     cxr-tf info                               backbones, policies, experiments
     cxr-tf judge serve|add-rater|export ...   rater app for the perceptual test set (cxr_tf.judge.cli)
@@ -49,6 +50,9 @@ def main(argv=None) -> int:
     dg.add_argument("--severities", default="0.25,0.5,1.0")
     dg.add_argument("--distortions", default="all", help="comma list of registered names, or all")
     dg.add_argument("--seed", type=int, default=0)
+    from cxr_tf.explain import command as explain_cmd
+
+    explain_cmd.add_arguments(sub.add_parser("explain", help="CAM heat maps and overlays for image files"))
     i = sub.add_parser("inspect", help="saved_model_cli show --all on an export")
     i.add_argument("path")
     sub.add_parser("info", help="list backbones, augmentation policies and experiments")
@@ -70,6 +74,8 @@ def main(argv=None) -> int:
                                  a.splits, a.split_name)
         elif a.cmd == "judge":
             return judge_cli.run(a)
+        elif a.cmd == "explain":
+            explain_cmd.run(a)
         elif a.cmd == "augment-grid":
             _augment_grid(a)
         elif a.cmd == "distortion-grid":

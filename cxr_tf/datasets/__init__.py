@@ -1,5 +1,13 @@
 """Sources -> one dataset contract; patient-level splits."""
 from cxr_tf.datasets.contract import CXRDataset, concat
+from cxr_tf.datasets.covid import (
+    COVID_3CLASS,
+    COVID_BINARY,
+    format_source_mix,
+    load_covid_dataset,
+    shortcut_warnings,
+    source_mix,
+)
 from cxr_tf.datasets.sources import (
     FORMATS,
     KERMANY_3CLASS,

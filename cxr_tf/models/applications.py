@@ -9,6 +9,7 @@ weights file in any format Keras' ``load_weights`` accepts.
 from __future__ import annotations
 
 import os
+import re
 
 import keras
 
@@ -55,6 +56,20 @@ def _ancestors(x) -> list:
     return out
 
 
+_AUTO_NAME = re.compile(r"^zero_padding2d(_\d+)?$")
+
+
+def _stable_names(layers, prefix: str) -> None:
+    """Rename the layers keras.applications leaves auto-named (DenseNet's two
+    ``zero_padding2d_N``): their suffix counts every such layer built before in the
+    process, so names (and CAM / freezing lookups) would drift between builds."""
+    k = 0
+    for layer in layers:
+        if _AUTO_NAME.match(layer.name):
+            k += 1
+            layer.name = f"{prefix}_zero_padding{k}"
+
+
 def _make_builder(ctor_name: str):
     def build(x, weights=None):
         """Returns ``(features, layers)``: layers in keras.applications order, no input."""
@@ -62,6 +77,7 @@ def _make_builder(ctor_name: str):
         before = {id(t) for t in _ancestors(x)}
         base = ctor(include_top=False, weights=None, input_tensor=x)
         layers = [l for l in base.layers if id(l) not in before and not isinstance(l, keras.layers.InputLayer)]
+        _stable_names(layers, ctor_name.lower())
         if weights not in (None, "none", ""):
             ref = _load_reference_weights(ctor, str(weights), tuple(x.shape[1:]))
             ref_layers = {l.name: l for l in ref.layers}

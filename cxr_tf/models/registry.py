@@ -59,4 +59,4 @@ def list_backbones() -> list[str]:
 
 def _ensure_loaded() -> None:
     # Families register themselves on import; importing here avoids a cycle.
-    from cxr_tf.models import applications, tiny, vit  # noqa: F401
+    from cxr_tf.models import applications, resnet18, squeezenet, tiny, vit  # noqa: F401

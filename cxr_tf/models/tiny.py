@@ -13,8 +13,9 @@ def build_tiny_cnn(x, weights=None, filters=(16, 32, 64)):
     Returns:
         ``(features, layers)``: the feature tensor and the backbone's layers in order.
     """
-    if weights not in (None, "none", ""):
+    if weights == "imagenet":
         raise CXRWeightsError(f"tiny_cnn has no pretrained weights (got weights={weights!r})")
+    x_in = x
     layers = []
     for i, f in enumerate(filters, start=1):
         block = [
@@ -27,6 +28,14 @@ def build_tiny_cnn(x, weights=None, filters=(16, 32, 64)):
         for layer in block:
             x = layer(x)
         layers += block
+    if weights not in (None, "none", ""):  # a local file (e.g. a trunk saved by save_backbone_weights)
+        from cxr_tf.models.weights import load_local_weights
+
+        def standalone():
+            inp = keras.Input(tuple(x_in.shape[1:]))
+            return keras.Model(inp, build_tiny_cnn(inp, None, filters)[0])
+
+        load_local_weights("tiny_cnn", str(weights), layers, standalone)
     return x, layers
 
 

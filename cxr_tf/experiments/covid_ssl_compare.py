@@ -1,0 +1,308 @@
+"""COVID-19 / pneumonia / normal: every zoo model on one split and one budget (seed 000, SPEC S0).
+
+The seed fine-tuned an SSL-pretrained UNet+CBAM encoder ("UNet + Gen + CBAM") and compared
+it with MobileNet, MobileNetV2, ResNet50 and DenseNet121 on 607 images per class (train
+1,160 / val 290 / test 363), reporting per class (one-vs-rest) accuracy, specificity,
+sensitivity, AUC and the averaged accuracy. This experiment trains every registered zoo
+model on the same patient-level split with the same budget and writes that table, with
+95% CIs (Wilson for proportions, bootstrap for AUC), as markdown and CSV.
+
+The model list is registry names. ``unet_cbam_encoder`` (the SSL encoder) joins the
+default list when it is registered; its pretrained weights come in with
+``--init unet_cbam_encoder=ssl:PATH`` (``--init NAME=PATH`` works for any backbone; a
+bare ``ssl:PATH`` applies to the SSL encoder), which is passed to the backbone builder
+as ``weights=PATH``.
+
+Commands::
+
+    python -m cxr_tf.experiments.covid_ssl_compare --data-dir $CXR_DATA_DIR          # seed setting (224 px)
+    python -m cxr_tf.experiments.covid_ssl_compare --data-dir $CXR_DATA_DIR --models resnet18,squeezenet \\
+        --init unet_cbam_encoder=ssl:runs/ssl/.../encoder.keras
+    python -m cxr_tf.experiments.covid_ssl_compare --smoke --data-dir $CXR_DATA_DIR  # tiny, for tests
+
+Writes ``runs/covid_ssl_compare/<UTC>/``: config, splits, ``source_mix.csv`` (the
+shortcut table), per-model ``<model>/metrics.json`` and plots, ``comparison.md`` /
+``comparison.csv`` (the seed-000 table), ``cam_border.csv`` (Grad-CAM border-band
+share per model over test images) and TensorBoard logs with CAM overlays.
+
+Result: no real-data run is committed yet (the 2-core VM's shared run queue did not reach
+it before the deadline); the planned CPU-sized run is
+``--image-size 64 --per-class 80 --epochs 4 --batch-size 16 --lr 1e-3`` (random init: no
+ImageNet weights offline). The smoke run on real data is a test
+(``tests/experiments/test_covid_experiments.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from cxr_tf.training.config import TrainConfig, parse_config
+
+ZOO = ("mobilenet", "mobilenet_v2", "resnet50", "densenet121", "resnet18", "squeezenet")
+SSL_BACKBONE = "unet_cbam_encoder"
+TABLE_METRICS = ("accuracy", "specificity", "sensitivity", "auc")
+
+
+@dataclasses.dataclass
+class CovidCompareConfig(TrainConfig):
+    experiment: str = "covid_ssl_compare"
+    data_dir: str | None = os.environ.get("CXR_DATA_DIR")
+    models: str = ""  # comma-separated registry names; default ZOO (+ unet_cbam_encoder if registered)
+    init: str = ""  # NAME=PATH[,NAME=PATH]; "ssl:PATH" for the SSL encoder; else every model is random init
+    weights: str = "none"  # weights for every keras.applications model: none | imagenet
+    per_class: int = 607  # the seed: 607 images per class
+    head: str = "gap"
+    dropout: float = 0.0
+    freeze_until: int = 0
+    bn_momentum: float = 0.9
+    augment: str = "light"
+    epochs: int = 20
+    cam_images: int = 32  # test images for the CAM border check and TensorBoard overlays
+    cam_method: str = "gradcam"
+
+    def apply_smoke(self) -> None:
+        super().apply_smoke()
+        self.per_class = min(self.per_class, 30)
+        self.epochs = 1
+        self.batch_size = 8
+        self.cam_images = 4
+        if not self.models:
+            self.models = "tiny_cnn"
+
+
+def model_list(cfg: CovidCompareConfig) -> list[str]:
+    """The registry names to train (checked against the registry)."""
+    from cxr_tf.errors import CXRConfigError
+    from cxr_tf.models import list_backbones
+
+    known = list_backbones()
+    if cfg.models:
+        names = [m.strip() for m in cfg.models.split(",") if m.strip()]
+    else:
+        names = list(ZOO) + ([SSL_BACKBONE] if SSL_BACKBONE in known else [])
+    bad = [m for m in names if m not in known]
+    if bad:
+        raise CXRConfigError(f"--models: unknown backbones {bad}; registered: {known}")
+    return names
+
+
+def parse_init(spec: str) -> dict[str, str]:
+    """``"unet_cbam_encoder=ssl:p.keras,resnet18=r.keras"`` / ``"ssl:p.keras"`` -> {backbone: path}."""
+    from cxr_tf.errors import CXRConfigError
+
+    out = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _, path = part.rpartition("=") if "=" in part else (SSL_BACKBONE, "", part)
+        if path.startswith("ssl:"):
+            path = path[4:]
+        if not name or not path:
+            raise CXRConfigError(f"--init entries look like NAME=PATH or ssl:PATH; got {part!r}")
+        if not os.path.exists(path):
+            raise CXRConfigError(f"--init {name}: weights file {path} not found")
+        out[name] = path
+    return out
+
+
+def per_class_rows(model: str, metrics: dict) -> list[dict]:
+    """Long-format rows (model, class, metric, value, CI) for the CSV."""
+    rows = []
+    for cls, pc in metrics["per_class"].items():
+        for key in TABLE_METRICS:
+            st = pc[key]
+            ci = st.get("bootstrap_ci") if key == "auc" else st.get("wilson_ci")
+            rows.append({"model": model, "class": cls, "metric": key, "value": st["value"],
+                         "ci_lo": ci[0] if ci else None, "ci_hi": ci[1] if ci else None,
+                         "ci": "bootstrap" if key == "auc" else "wilson", "n": pc["support"]})
+    rows.append({"model": model, "class": "all", "metric": "averaged_accuracy", "value": metrics["averaged_accuracy"],
+                 "ci_lo": None, "ci_hi": None, "ci": "", "n": metrics["n"]})
+    return rows
+
+
+def comparison_markdown(results: dict[str, dict], class_names: list[str]) -> str:
+    """The seed-000 table: per class acc / spec / sens / AUC with 95% CIs, then averaged accuracy."""
+    from cxr_tf.evaluation import fmt_ci
+
+    abbrev = {"accuracy": "acc", "specificity": "spec", "sensitivity": "sens", "auc": "AUC"}
+    head = ["model"] + [f"{c} {abbrev[k]}" for c in class_names for k in TABLE_METRICS] + ["averaged acc"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, m in results.items():
+        cells = [model]
+        for c in class_names:
+            pc = m["per_class"][c]
+            for k in TABLE_METRICS:
+                cells.append(fmt_ci(pc[k], "bootstrap_ci" if k == "auc" else "wilson_ci"))
+        cells.append(f"{m['averaged_accuracy']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_data(cfg, binary: bool = False):
+    from cxr_tf.datasets import load_covid_dataset
+    from cxr_tf.errors import CXRConfigError
+
+    if not cfg.data_dir:
+        raise CXRConfigError("--data-dir (or CXR_DATA_DIR) must point to the folder with covid_ieee8023/, "
+                             "covid19_radiography/ and kermany224/")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_covid_dataset(cfg.data_dir, per_class=getattr(cfg, "per_class", None) or None, seed=cfg.seed,
+                                binary=binary)
+    from cxr_tf.experiments.common import log
+
+    for w in caught:
+        log(f"warning: {w.message}")
+    return ds
+
+
+def report_source_mix(ds, split, run) -> list[str]:
+    """Print and save the source mix per class and split; return the shortcut warnings."""
+    from cxr_tf.datasets import format_source_mix, shortcut_warnings, source_mix
+    from cxr_tf.experiments.common import log
+
+    table = source_mix(ds, split)
+    table.to_csv(run / "source_mix.csv", index=False)
+    log("source mix per class and split:\n" + format_source_mix(table))
+    warns = shortcut_warnings(table)
+    for w in warns:
+        log("WARNING " + w)
+    return warns
+
+
+def as_arrays(ds, image_size: int):
+    """Decoded, preprocessed images ``(N, S, S, 1)`` and one-hot labels, in item order."""
+    from cxr_tf.data import image_dataset
+
+    xs, ys = [], []
+    for x, y in image_dataset(ds, image_size).batch(256):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def cam_check(model, images, run, name: str, method: str, step: int = 0) -> dict:
+    """Border-band share of CAM mass over ``images`` + an overlay grid in TensorBoard."""
+    from cxr_tf.explain import border_report, log_overlays_to_tensorboard
+
+    summary, cams = border_report(model, images, method=method)
+    log_overlays_to_tensorboard(run.tensorboard / name, images[:16], cams[:16], tag=f"{method}_test_overlays",
+                                step=step, description=f"{method} on {summary['layer']}, test images")
+    return summary
+
+
+def run(cfg: CovidCompareConfig) -> dict:
+    from cxr_tf.experiments import common
+
+    t0 = time.time()
+    strategy = common.setup_runtime(cfg)
+    import keras
+    import pandas as pd
+
+    from cxr_tf.data import build_pipeline
+    from cxr_tf.evaluation import evaluate_predictions
+    from cxr_tf.models import build_model
+    from cxr_tf.training.loop import compile_classifier
+    from cxr_tf.training.run import create_run_dir
+
+    names = model_list(cfg)
+    init = parse_init(cfg.init)
+    run_dir = create_run_dir(cfg)
+    common.log(f"run folder: {run_dir}; models: {names}")
+    ds = load_data(cfg)
+    common.log(ds.summary())
+    ds = common.check_items(cfg, ds, run_dir)
+    split = common.make_split(cfg, ds, run_dir)
+    warns = report_source_mix(ds, split, run_dir)
+    train_ds, val_ds, test_ds = (ds.subset(split == s) for s in ("train", "val", "test"))
+    val = build_pipeline(val_ds, cfg.image_size, cfg.batch_size, training=False)
+    test = build_pipeline(test_ds, cfg.image_size, cfg.batch_size, training=False)
+    x_cam = as_arrays(test_ds.subset(np.arange(min(cfg.cam_images, len(test_ds)))), cfg.image_size)[0]
+
+    results, rows, cam_rows, timing = {}, [], [], {}
+    for name in names:
+        keras.utils.set_random_seed(cfg.seed)  # same init stream and batches for every model
+        train = common.train_pipeline(cfg, train_ds)
+        weights = init.get(name) or (None if cfg.weights == "none" or name not in ZOO[:4] else cfg.weights)
+        with strategy.scope():
+            model = build_model(name, num_classes=ds.num_classes, image_size=cfg.image_size, head=cfg.head,
+                                dropout=cfg.dropout, freeze_until=cfg.freeze_until, class_names=ds.class_names,
+                                weights=weights, bn_momentum=cfg.bn_momentum)
+            compile_classifier(model, cfg.optimizer_config(), train.steps, cfg.epochs, cfg.label_smoothing)
+        out = run_dir / name
+        out.mkdir(exist_ok=True)
+        best = str(run_dir.checkpoints / f"{name}.weights.h5")
+        cbs = [keras.callbacks.ModelCheckpoint(best, monitor="val_auc", mode="max", save_best_only=True,
+                                               save_weights_only=True),
+               keras.callbacks.TensorBoard(str(run_dir.tensorboard / name)),
+               keras.callbacks.CSVLogger(str(out / "history.csv"))]
+        t = time.time()
+        model.fit(train.dataset, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
+                  callbacks=cbs, verbose=2)
+        fit_s = time.time() - t
+        model.load_weights(best)
+        prob = np.asarray(model.predict(test.dataset, verbose=0))
+        m = evaluate_predictions(test_ds.class_index(), prob, ds.class_names, str(out),
+                                 title=f"{name}: test split", config=cfg.to_dict())
+        model.save(out / "model.keras")  # for cxr-tf explain --model .../model.keras
+        results[name] = m
+        rows += per_class_rows(name, m)
+        cam = cam_check(model, x_cam, run_dir, name, cfg.cam_method)
+        cam_rows.append({"model": name, **cam})
+        timing[name] = {"fit_seconds": round(fit_s, 1), "parameters": model.parameter_counts(),
+                        "weights": weights or "random"}
+        common.log(f"{name}: averaged accuracy {m['averaged_accuracy']:.3f}, macro AUC "
+                   f"{m['macro_auc']['value']:.3f}, fit {fit_s:.0f}s, CAM border share "
+                   f"{cam['border_share_mean']:.2f} (uniform {cam['uniform']:.2f})")
+        del model
+        keras.backend.clear_session()
+
+    table = comparison_markdown(results, ds.class_names)
+    pd.DataFrame(rows).to_csv(run_dir / "comparison.csv", index=False)
+    pd.DataFrame(cam_rows).to_csv(run_dir / "cam_border.csv", index=False)
+    wall = round(time.time() - t0, 1)
+    md = [f"# COVID-19 / pneumonia / normal: model comparison (seed 000 table)\n",
+          f"Test split: {len(test_ds)} images, patient-level split {cfg.split} (seed {cfg.seed}); "
+          f"{cfg.image_size} px, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}; "
+          "95% CIs: Wilson (proportions), bootstrap (AUC).\n", table, "",
+          "## Source mix warnings\n", *(f"- {w}" for w in warns or ["none"]), "",
+          f"## CAM border-band share ({cfg.cam_method}, outer 10%; uniform = 0.36)\n",
+          pd.DataFrame(cam_rows)[["model", "layer", "n", "border_share_mean", "fraction_above_uniform"]]
+          .to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else pd.DataFrame(cam_rows).to_string(),
+          "", f"Wall time: {wall} s. Per model: {json.dumps(timing)}"]
+    (run_dir / "comparison.md").write_text("\n".join(md) + "\n")
+    summary = {"models": names, "results": {k: {"averaged_accuracy": v["averaged_accuracy"],
+                                                 "macro_auc": v["macro_auc"]["value"]} for k, v in results.items()},
+               "cam_border": cam_rows, "timing": timing, "wall_seconds": wall, "shortcut_warnings": warns}
+    run_dir.write_json("metrics.json", summary)
+    common.log("comparison table:\n" + table)
+    common.log(f"wrote {run_dir / 'comparison.md'} and comparison.csv; wall {wall}s")
+    common.print_tensorboard_hint(run_dir)
+    return summary
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def parse(argv=None) -> CovidCompareConfig:
+    return parse_config(CovidCompareConfig, argv, description=__doc__.split("\n")[0])
+
+
+def main(argv=None) -> int:
+    from cxr_tf.errors import run_main
+
+    return run_main(lambda: run(parse(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""Deep-COVID (seed 003, Minaee et al. 2020): COVID vs non-COVID with only the last layer trained.
+
+The paper fine-tuned the last layer of ImageNet-pretrained ResNet18, ResNet50, SqueezeNet
+and DenseNet-121 (Adam lr 1e-4, batch 20 in its code, 100 epochs, 224 px, COVID training
+images augmented x5) and reported sensitivity and specificity over a sweep of thresholds
+with 95% CIs (normal approximation, n = 100 COVID test images), ROC and PR curves and
+per-class probability histograms.
+
+Because the trunk is frozen, its features are computed once (COVID training images with
+their augmented copies included) and the last layer is trained on the cached features.
+The run measures, on the first model, one epoch of training the same layer through the
+frozen trunk, and reports the speed-up.
+
+Trunk weights (``--trunk``): ImageNet weights cannot be downloaded here, and a last layer
+on a random trunk measures nothing, so the default ``pretrain`` first trains each
+backbone briefly on Kermany pneumonia-vs-normal (in-domain, pediatric), excluding every
+Kermany patient in this split's validation and test sets, then freezes it.
+``--trunk imagenet`` keeps the paper's setting where weights can be downloaded;
+``--trunk none`` uses random trunks; ``--trunk DIR`` loads ``DIR/<backbone>.keras`` (trunks
+a previous run saved in its ``trunks/`` folder).
+
+Commands::
+
+    python -m cxr_tf.experiments.deep_covid --data-dir $CXR_DATA_DIR             # 224 px, 4 models
+    python -m cxr_tf.experiments.deep_covid --image-size 64 --models resnet18,squeezenet
+    python -m cxr_tf.experiments.deep_covid --smoke                               # tiny, for tests
+
+Writes ``runs/deep_covid/<UTC>/``: splits, ``source_mix.csv``, ``trunks/``, per model
+``<model>/threshold_sweep.csv`` and histograms, ``plots/roc_all.png`` and ``plots/pr_all.png``
+(all models on one plot), ``deep_covid.md`` (sweep table with normal and Wilson CIs),
+``cam_border.csv``, ``speedup.json``, TensorBoard CAM overlays, and exports
+``saved_models/deep_covid_<model>/<version>/`` with the Keras model in ``assets.extra``
+(for ``cxr-tf explain``).
+
+Result: no real-data run is committed yet (the 2-core VM's shared run queue did not reach
+it before the deadline); the planned CPU-sized run is ``--image-size 64 --n-non-covid 800
+--pretrain-images 600 --pretrain-epochs 2 --export-models squeezenet``. The smoke run on
+real data is a test (``tests/experiments/test_covid_experiments.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from cxr_tf.training.config import TrainConfig, parse_config
+
+MODELS = "resnet18,resnet50,squeezenet,densenet121"
+
+
+@dataclasses.dataclass
+class DeepCovidConfig(TrainConfig):
+    experiment: str = "deep_covid"
+    data_dir: str | None = os.environ.get("CXR_DATA_DIR")
+    models: str = MODELS
+    seed: int = 3
+    split: str = "6:1:3"  # a large test split, as the paper's (100 COVID / 3,000 non-COVID)
+    n_covid: int = 184  # paper: 84 train + 100 test
+    n_non_covid: int = 5000  # paper: 2,000 train + 3,000 test
+    covid_copies: int = 5  # COVID training images x5 (original + 4 augmented)
+    augment: str = "light"
+    epochs: int = 100
+    batch_size: int = 20
+    lr: float = 1e-4
+    trunk: str = "pretrain"  # pretrain | imagenet | none | DIR with <backbone>.keras
+    pretrain_images: int = 2000
+    pretrain_epochs: int = 3
+    pretrain_lr: float = 1e-3
+    bn_momentum: float = 0.9
+    measure_speedup: bool = True
+    cam_images: int = 32
+    cam_method: str = "gradcam"
+    export_models: str = "all"  # all | none | comma list
+    saved_models_dir: str = "saved_models"
+
+    def apply_smoke(self) -> None:
+        super().apply_smoke()
+        self.n_covid, self.n_non_covid = 20, 40
+        self.epochs, self.batch_size = 3, 8
+        self.pretrain_images, self.pretrain_epochs = 48, 1
+        self.cam_images = 4
+        self.covid_copies = 2
+        if self.models == MODELS:
+            self.models = "tiny_cnn"
+
+
+def _draw(ds, n_per_class: dict, seed: int):
+    rng = np.random.default_rng(seed)
+    cls = ds.class_index()
+    keep = []
+    for c, name in enumerate(ds.class_names):
+        idx = rng.permutation(np.flatnonzero(cls == c))
+        keep.append(idx[: n_per_class[name]] if n_per_class[name] else idx)
+    return ds.subset(np.sort(np.concatenate(keep)))
+
+
+def pretrain_trunk(cfg, backbone: str, exclude_patients: set, path, log) -> dict:
+    """Train ``backbone`` briefly on Kermany pneumonia-vs-normal; save its trunk to ``path``."""
+    import keras
+
+    from cxr_tf.data import build_pipeline
+    from cxr_tf.datasets.covid import load_kermany_pneumonia_normal
+    from cxr_tf.models import build_model
+    from cxr_tf.models.weights import save_backbone_weights
+    from cxr_tf.training.loop import compile_classifier
+
+    k = load_kermany_pneumonia_normal(os.path.join(cfg.data_dir, "kermany224"))
+    k = k.select_classes({"normal": "normal", "pneumonia": "pneumonia"}, ["normal", "pneumonia"])
+    pid = np.array(["kermany224:" + p for p in k.patient_ids])
+    k = k.subset(~np.isin(pid, list(exclude_patients)))
+    rng = np.random.default_rng(cfg.seed)
+    k = k.subset(np.sort(rng.permutation(len(k))[: cfg.pretrain_images]))
+    keras.utils.set_random_seed(cfg.seed)
+    pipe = build_pipeline(k, cfg.image_size, 32 if not cfg.smoke else 8, training=True, policy=cfg.augment,
+                          balance="oversample", seed=cfg.seed)
+    model = build_model(backbone, num_classes=2, image_size=cfg.image_size, head="gap", freeze_until=0,
+                        bn_momentum=cfg.bn_momentum, class_names=k.class_names)
+    from cxr_tf.training.config import OptimizerConfig
+
+    compile_classifier(model, OptimizerConfig(lr=cfg.pretrain_lr), pipe.steps, cfg.pretrain_epochs)
+    t = time.time()
+    h = model.fit(pipe.dataset, epochs=cfg.pretrain_epochs, steps_per_epoch=pipe.steps, verbose=2)
+    save_backbone_weights(model, str(path))
+    info = {"images": len(k), "epochs": cfg.pretrain_epochs, "seconds": round(time.time() - t, 1),
+            "final_train_auc": float(h.history["auc"][-1]), "excluded_patients": len(exclude_patients)}
+    log(f"{backbone}: pretrained trunk on {len(k)} Kermany images in {info['seconds']}s "
+        f"(train AUC {info['final_train_auc']:.3f}) -> {path}")
+    return info
+
+
+def augmented_copies(x: np.ndarray, copies: int, policy: str, seed: int) -> np.ndarray:
+    """``x`` plus ``copies - 1`` augmented versions (the paper's x5 COVID augmentation)."""
+    import tensorflow as tf
+
+    from cxr_tf.data import apply_policy
+
+    out = [x]
+    for k in range(1, copies):
+        out.append(np.concatenate([apply_policy(tf.constant(x[i:i + 64]), policy, tf.constant([seed, k * 1000 + i]))
+                                   .numpy() for i in range(0, len(x), 64)]))
+    return np.concatenate(out)
+
+
+def sweep_markdown(sweeps: dict) -> str:
+    """Rows at the sensitivity targets (and a few fixed thresholds) per model, both CIs."""
+    def ci(r, what, kind):
+        return f"[{r[f'{what}_{kind}_lo']:.3f}, {r[f'{what}_{kind}_hi']:.3f}]"
+
+    lines = ["| model | threshold | chosen for | sensitivity | normal CI | Wilson CI | specificity | normal CI | "
+             "Wilson CI | TP/FN | TN/FP |", "|" + "---|" * 11]
+    for model, df in sweeps.items():
+        pick = df[df["target_sensitivity"].notna() | df["threshold"].isin([0.2, 0.5, 0.8])]
+        for _, r in pick.sort_values("threshold").iterrows():
+            tgt = "" if np.isnan(r["target_sensitivity"]) else f"sens ≥ {r['target_sensitivity']:g}"
+            lines.append(f"| {model} | {r['threshold']:.4f} | {tgt} | {r['sensitivity']:.3f} | "
+                         f"{ci(r, 'sensitivity', 'normal')} | {ci(r, 'sensitivity', 'wilson')} | "
+                         f"{r['specificity']:.3f} | {ci(r, 'specificity', 'normal')} | "
+                         f"{ci(r, 'specificity', 'wilson')} | {int(r['TP'])}/{int(r['FN'])} | "
+                         f"{int(r['TN'])}/{int(r['FP'])} |")
+    return "\n".join(lines)
+
+
+def run(cfg: DeepCovidConfig) -> dict:
+    from cxr_tf.experiments import common
+    from cxr_tf.experiments.covid_ssl_compare import as_arrays, cam_check, load_data, report_source_mix
+
+    t0 = time.time()
+    common.setup_runtime(cfg)
+    import keras
+    import pandas as pd
+
+    from cxr_tf.errors import CXRConfigError
+    from cxr_tf.evaluation import (choose_threshold, classification_metrics, plot_pr, plot_probability_histograms,
+                                   plot_roc, threshold_sweep)
+    from cxr_tf.models import build_model, list_backbones
+    from cxr_tf.training.run import create_run_dir
+
+    names = [m.strip() for m in cfg.models.split(",") if m.strip()]
+    bad = [m for m in names if m not in list_backbones()]
+    if bad:
+        raise CXRConfigError(f"--models: unknown backbones {bad}; registered: {list_backbones()}")
+    run_dir = create_run_dir(cfg)
+    common.log(f"run folder: {run_dir}; models: {names}; trunk: {cfg.trunk}")
+    ds = load_data(cfg, binary=True)
+    ds = _draw(ds, {"non_covid": cfg.n_non_covid, "covid": cfg.n_covid}, cfg.seed)
+    common.log(ds.summary())
+    ds = common.check_items(cfg, ds, run_dir)
+    split = common.make_split(cfg, ds, run_dir)
+    warns = report_source_mix(ds, split, run_dir)
+    parts = {s: ds.subset(split == s) for s in ("train", "val", "test")}
+    arrays = {s: as_arrays(d, cfg.image_size) for s, d in parts.items()}
+    x_tr, y_tr = arrays["train"]
+    is_cov = y_tr[:, 1] == 1
+    x_cov = augmented_copies(x_tr[is_cov], cfg.covid_copies, cfg.augment, cfg.seed)
+    x_train = np.concatenate([x_tr[~is_cov], x_cov])
+    y_train = np.concatenate([y_tr[~is_cov], np.tile(y_tr[is_cov], (cfg.covid_copies, 1))])
+    common.log(f"train: {int((~is_cov).sum())} non-COVID + {int(is_cov.sum())} COVID x{cfg.covid_copies} "
+               f"= {len(x_train)} images; val {len(arrays['val'][0])}; test {len(arrays['test'][0])}")
+    held_out = set(ds.patient_ids[split != "train"])
+    (run_dir / "trunks").mkdir(exist_ok=True)
+
+    sweeps, curves, rows, cam_rows, info = {}, {}, [], [], {}
+    speedup = None
+    for k, name in enumerate(names):
+        keras.utils.set_random_seed(cfg.seed)
+        trunk_info = {}
+        if cfg.trunk == "pretrain":
+            weights = str(run_dir / "trunks" / f"{name}.keras")
+            trunk_info = pretrain_trunk(cfg, name, held_out, weights, common.log)
+        elif cfg.trunk == "none":
+            weights = None
+            common.log(f"warning: {name} with a random frozen trunk: only the last layer learns")
+        elif cfg.trunk == "imagenet":
+            weights = "imagenet"
+        else:
+            weights = os.path.join(cfg.trunk, f"{name}.keras")
+            if not os.path.isfile(weights):
+                raise CXRConfigError(f"--trunk {cfg.trunk}: {weights} not found")
+        clf = build_model(name, num_classes=2, image_size=cfg.image_size, head="gap", freeze_until=-1,
+                          weights=weights, class_names=ds.class_names, bn_momentum=cfg.bn_momentum)
+        feat_model = keras.Model(clf.input, clf.get_layer("head_gap").output)
+        t = time.time()
+        f_train = feat_model.predict(x_train, batch_size=64, verbose=0)
+        f_val = feat_model.predict(arrays["val"][0], batch_size=64, verbose=0)
+        f_test = feat_model.predict(arrays["test"][0], batch_size=64, verbose=0)
+        feat_s = time.time() - t
+        inp = keras.Input((f_train.shape[1],))
+        head = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="predictions")(inp))
+        head.compile(keras.optimizers.Adam(cfg.lr), "categorical_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
+        best = {"auc": -1.0, "weights": None, "epoch": 0}
+
+        class _KeepBest(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if logs["val_auc"] > best["auc"]:
+                    best.update(auc=float(logs["val_auc"]), weights=head.get_weights(), epoch=epoch + 1)
+
+        t = time.time()
+        head.fit(f_train, y_train, validation_data=(f_val, arrays["val"][1]), epochs=cfg.epochs,
+                 batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=[_KeepBest()])
+        head_s = time.time() - t
+        head.set_weights(best["weights"])
+        clf.get_layer("predictions").set_weights(head.get_weights())
+        if cfg.measure_speedup and k == 0:
+            speedup = measure_through_trunk(cfg, clf, x_train, y_train, feat_s, head_s, common.log)
+            clf.get_layer("predictions").set_weights(head.get_weights())
+        p_val = head.predict(f_val, verbose=0)
+        p_test = head.predict(f_test, verbose=0)
+        # the assembled classifier predicts what the head on cached features predicts
+        n_chk = min(8, len(p_test))
+        diff = float(np.abs(clf.predict(arrays["test"][0][:n_chk], verbose=0) - p_test[:n_chk]).max())
+        y_val, y_test = parts["val"].class_index(), parts["test"].class_index()
+        out = run_dir / name
+        out.mkdir(exist_ok=True)
+        sw = threshold_sweep(y_test == 1, p_test[:, 1])
+        sw.to_csv(out / "threshold_sweep.csv", index=False)
+        sweeps[name] = sw
+        curves[name] = (y_test == 1, p_test[:, 1])
+        plot_probability_histograms(y_test, p_test, ds.class_names, str(out / "probability_histograms.png"),
+                                    title=f"{name}: predicted P(covid) on test")
+        t_val = choose_threshold(y_val == 1, p_val[:, 1], method="sensitivity", target=0.98)
+        m = classification_metrics(y_test, p_test, ds.class_names, threshold=t_val, n_boot=500)
+        pc = m["per_class"]["covid"]
+        at98 = sw[sw["target_sensitivity"] == 0.98]
+        rows.append({
+            "model": name, "auc": m["macro_auc"]["value"], "auc_ci": m["macro_auc"]["bootstrap_ci"],
+            "val_threshold_sens98": t_val, "test_sensitivity_at_val_threshold": pc["sensitivity"]["value"],
+            "test_specificity_at_val_threshold": pc["specificity"]["value"],
+            "test_threshold_sens98": float(at98["threshold"].iloc[0]) if len(at98) else None,
+            "test_specificity_at_sens98": float(at98["specificity"].iloc[0]) if len(at98) else None,
+            "head_best_epoch": best["epoch"], "feature_seconds": round(feat_s, 1), "head_seconds": round(head_s, 1),
+            "assembled_vs_cached_max_diff": diff, **{f"pretrain_{a}": b for a, b in trunk_info.items()},
+        })
+        cam = cam_check(clf, arrays["test"][0][: cfg.cam_images], run_dir, name, cfg.cam_method)
+        cam_rows.append({"model": name, **cam})
+        if cfg.export_models == "all" or name in cfg.export_models.split(","):
+            from cxr_tf.explain import attach_keras_model
+
+            exp = common.export_and_verify(cfg, clf, parts["test"], f"deep_covid_{name}", cfg.saved_models_dir,
+                                           extra_metadata={"threshold": t_val, "run_dir": str(run_dir)})
+            attach_keras_model(exp["path"], clf)
+            info[name] = {"export": exp["path"], "served_vs_offline": exp["max_abs_diff_vs_keras"]}
+        common.log(f"{name}: test AUC {rows[-1]['auc']:.3f}; specificity at sensitivity 98% (test) "
+                   f"{rows[-1]['test_specificity_at_sens98']}; at the validation threshold: sens "
+                   f"{pc['sensitivity']['value']:.3f} spec {pc['specificity']['value']:.3f}")
+        del clf, feat_model, head
+        keras.backend.clear_session()
+
+    plot_roc(curves, path=str(run_dir.plots / "roc_all.png"), title="Deep-COVID: COVID vs non-COVID (test)")
+    plot_pr(curves, path=str(run_dir.plots / "pr_all.png"), title="Deep-COVID: COVID vs non-COVID (test)")
+    summary_df = pd.DataFrame(rows)
+    summary_df.to_csv(run_dir / "summary.csv", index=False)
+    pd.DataFrame(cam_rows).to_csv(run_dir / "cam_border.csv", index=False)
+    if speedup:
+        run_dir.write_json("speedup.json", speedup)
+    wall = round(time.time() - t0, 1)
+    md = ["# Deep-COVID (seed 003): COVID vs non-COVID, last layer only\n",
+          f"Test: {int((parts['test'].class_index() == 1).sum())} COVID / "
+          f"{int((parts['test'].class_index() == 0).sum())} non-COVID images; {cfg.image_size} px; trunk: "
+          f"{cfg.trunk}; head: Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epochs on cached features "
+          "(best epoch by validation AUC).\n",
+          "## Threshold sweep (test), 95% CIs: normal approximation (as the paper) and Wilson\n",
+          sweep_markdown(sweeps), "",
+          "## Summary\n", summary_df.to_string(index=False), "",
+          "## Source mix warnings\n", *(f"- {w}" for w in warns or ["none"]), "",
+          "## CAM border-band share (outer 10%; uniform 0.36)\n", pd.DataFrame(cam_rows).to_string(index=False), "",
+          f"## Cached features vs training through the frozen trunk\n\n{json.dumps(speedup, indent=1)}\n",
+          f"Wall time: {wall} s. Exports: {json.dumps(info)}"]
+    (run_dir / "deep_covid.md").write_text("\n".join(md) + "\n")
+    summary = {"models": names, "summary": rows, "cam_border": cam_rows, "speedup": speedup, "exports": info,
+               "wall_seconds": wall, "shortcut_warnings": warns}
+    run_dir.write_json("metrics.json", summary)
+    common.log("\n" + sweep_markdown(sweeps))
+    common.log(f"wrote {run_dir / 'deep_covid.md'}; wall {wall}s")
+    common.print_tensorboard_hint(run_dir)
+    return summary
+
+
+def measure_through_trunk(cfg, clf, x_train, y_train, feat_s: float, head_s: float, log) -> dict:
+    """Time 2 epochs of training the last layer through the frozen trunk (the 2nd: no tracing)."""
+    import keras
+
+    clf.compile(keras.optimizers.Adam(cfg.lr), "categorical_crossentropy")
+    times = []
+
+    class _T(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self.t = time.time()
+
+        def on_epoch_end(self, e, logs=None):
+            times.append(time.time() - self.t)
+
+    clf.fit(x_train, y_train, epochs=2, batch_size=cfg.batch_size, verbose=0, callbacks=[_T()])
+    per_epoch_trunk = times[-1]
+    per_epoch_cached = head_s / cfg.epochs
+    through = per_epoch_trunk * cfg.epochs
+    cached = feat_s + head_s
+    res = {"model": clf.backbone, "epochs": cfg.epochs, "train_images": int(len(x_train)),
+           "through_trunk_seconds_per_epoch": round(per_epoch_trunk, 2),
+           "cached_seconds_per_epoch": round(per_epoch_cached, 4),
+           "feature_extraction_seconds": round(feat_s, 1),
+           "through_trunk_total_seconds_estimated": round(through, 1),
+           "cached_total_seconds": round(cached, 1), "speedup": round(through / cached, 1)}
+    log(f"speed-up of cached features ({clf.backbone}): {res['speedup']}x "
+        f"({through:.0f}s through the trunk for {cfg.epochs} epochs vs {cached:.0f}s = features {feat_s:.0f}s "
+        f"+ head {head_s:.0f}s)")
+    return res
+
+
+def parse(argv=None) -> DeepCovidConfig:
+    return parse_config(DeepCovidConfig, argv, description=__doc__.split("\n")[0])
+
+
+def main(argv=None) -> int:
+    from cxr_tf.errors import run_main
+
+    return run_main(lambda: run(parse(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Grad-CAM / Grad-CAM++ / Score-CAM behind one interface; overlays; the border check; the CLI."""
+import keras
+import numpy as np
+import pytest
+
+from cxr_tf.errors import CXRModelError
+from cxr_tf.explain import (Explainer, attach_keras_model, border_mass, load_keras_model, target_layer,
+                            uniform_border_share)
+from cxr_tf.models import build_model
+
+S = 32
+
+
+def _blobs(n, rng):
+    """An 8x8 object at a random place: class 1 a filled square, class 0 a hollow one.
+
+    Returns images, labels and each object's top-left corner (the known evidence region).
+    """
+    x = rng.normal(0.3, 0.05, (n, S, S, 1)).astype("float32")
+    y = np.arange(n) % 2
+    pos = rng.integers(1, S - 9, (n, 2))
+    for i, (r, c) in enumerate(pos):
+        x[i, r:r + 8, c:c + 8] += 0.6
+        if y[i] == 0:
+            x[i, r + 2:r + 6, c + 2:c + 6] -= 0.6
+    lo, hi = x.min((1, 2, 3), keepdims=True), x.max((1, 2, 3), keepdims=True)
+    return (x - lo) / (hi - lo), y, pos  # per-image [0, 1], as cxr_tf's pipeline feeds models
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, y, _ = _blobs(256, rng)
+    m = build_model("tiny_cnn", num_classes=2, image_size=S, head="gap", freeze_until=0, bn_momentum=0.9,
+                    class_names=["background", "top_left"])
+    m.compile(keras.optimizers.Adam(3e-3), "categorical_crossentropy", metrics=["accuracy"])
+    m.fit(x, np.eye(2)[y], epochs=8, batch_size=32, verbose=0)
+    xt, yt, pt = _blobs(16, np.random.default_rng(1))
+    assert (m.predict(xt, verbose=0).argmax(1) == yt).mean() >= 0.9  # the model did learn the task
+    return m, xt, yt, pt
+
+
+@pytest.mark.parametrize("method,kw", [("gradcam", {}), ("gradcam++", {}), ("scorecam", {"max_n": 8})])
+def test_cam_mass_falls_on_the_evidence(trained, method, kw):
+    m, x, y, pos = trained
+    sel, where = x[y == 1][:4], pos[y == 1][:4]
+    cams = Explainer(m, method, **kw)(sel, class_index=1)
+    assert cams.shape == (4, S, S) and cams.min() >= 0 and cams.max() <= 1
+    shares = []
+    for cam, (r, c) in zip(cams, where):
+        box = np.zeros((S, S), bool)
+        box[max(r - 4, 0):r + 12, max(c - 4, 0):c + 12] = True  # the object plus a 4 px margin
+        shares.append(cam[box].sum() / cam.sum())
+        pr, pc = np.unravel_index(cam.argmax(), cam.shape)
+        assert box[pr, pc], (method, (pr, pc), (r, c))  # the peak lies on the object
+    # the region is at most 16x16 = 25% of the image: a uniform map would put <= 0.25 there
+    assert np.mean(shares) > 0.45, shares
+
+
+def test_explaining_keeps_the_models_softmax(trained):
+    m, x, _, _ = trained
+    before = m.predict(x[:2], verbose=0)
+    Explainer(m, "gradcam")(x[:2])
+    after = m.predict(x[:2], verbose=0)
+    np.testing.assert_allclose(after.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(before, after, atol=1e-6)
+
+
+def test_target_layer_default_and_errors():
+    m = build_model("tiny_cnn", num_classes=2, image_size=S, head="gap", freeze_until=0)
+    assert target_layer(m) == m.cam_layer == "block3_relu"
+    assert target_layer(m, "block2_conv") == "block2_conv"
+    with pytest.raises(CXRModelError, match="no layer named 'conv9'.*block3_relu"):
+        Explainer(m, "gradcam", layer="conv9")
+    with pytest.raises(CXRModelError, match="'head_gap' .* not a 4D feature map"):
+        target_layer(m, "head_gap")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "squeezenet"])
+def test_auto_layer_is_the_registered_cam_layer(name):
+    m = build_model(name, num_classes=3, image_size=S, head="gap", freeze_until=0)
+    assert target_layer(m) == m.cam_layer
+    cams = Explainer(m, "gradcam")(np.random.default_rng(0).random((2, S, S, 1)).astype("float32"))
+    assert cams.shape == (2, S, S) and np.isfinite(cams).all()
+
+
+def test_border_mass():
+    uniform = np.ones((1, 50, 50))
+    assert border_mass(uniform, 0.1)[0] == pytest.approx(uniform_border_share(0.1)) == pytest.approx(0.36)
+    frame = np.ones((50, 50))
+    frame[5:45, 5:45] = 0
+    centre = np.zeros((50, 50))
+    centre[20:30, 20:30] = 1
+    np.testing.assert_allclose(border_mass(np.stack([frame, centre]), 0.1), [1.0, 0.0])
+    assert np.isnan(border_mass(np.zeros((1, 8, 8)))[0])
+
+
+def test_explain_cli_on_export_dir_and_files(tmp_path, trained):
+    from PIL import Image
+
+    from cxr_tf.cli import main as cli
+
+    m, x, y, _ = trained
+    export = tmp_path / "saved_models" / "blobs" / "1"
+    attach_keras_model(export, m)  # what the COVID experiments add to their exports
+    assert load_keras_model(export).get_config() == m.get_config()
+    files = []
+    for i in (0, 1):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray((x[i, ..., 0] * 255).astype("uint8")).save(p)
+        files.append(str(p))
+    out = tmp_path / "out"
+    assert cli(["explain", "--model", str(export), *files, "--out", str(out), "--method", "gradcam++"]) == 0
+    for i in (0, 1):
+        for kind in ("image", "heatmap", "overlay"):
+            im = np.asarray(Image.open(out / f"img{i}_gradcampp_{kind}.png"))
+            assert im.shape == (S, S, 3)
+    import pandas as pd
+
+    t = pd.read_csv(out / "explanations.csv")
+    assert list(t["predicted"]) == [["background", "top_left"][k] for k in y[:2]]
+    assert (t["layer"] == "block3_relu").all()
+    assert cli(["explain", "--model", str(export), files[0], "--out", str(out), "--layer", "nope"]) == 2
+    assert cli(["explain", "--model", str(tmp_path / "missing"), files[0]]) == 2
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert cli(["explain", "--model", str(export), str(tmp_path / "bad.png"), "--out", str(out)]) == 2
