@@ -34,12 +34,12 @@ import numpy as np
 
 from cxr_tf.training.config import TrainConfig, parse_config
 
-#: Sources ``--sources auto`` takes from $CXR_DATA_DIR when present. The two downstream
-#: sets (Kermany pediatric CXRs, also the source of PneumoniaMNIST) contribute only their
-#: training patients; kermany_originals are full-size copies of Kermany train images
-#: (they could be test images of the split), so they are left out.
-AUTO_SOURCES = ("kermany224@train", "pneumoniamnist@train", "nih_chestxray14/nih1000_64", "covid19_radiography",
-                "covid_ieee8023/images_256")
+#: Sources ``--sources auto`` takes from $CXR_DATA_DIR when present. kermany224 (a
+#: downstream set) contributes only its training patients. PneumoniaMNIST is a re-split
+#: of the same Kermany images (its images can be kermany224 test images and vice versa),
+#: and kermany_originals are full-size copies of Kermany images: both left out. For a
+#: PneumoniaMNIST evaluation pretrain with ``pneumoniamnist@train`` instead of kermany224.
+AUTO_SOURCES = ("kermany224@train", "nih_chestxray14/nih1000_64", "covid19_radiography", "covid_ieee8023/images_256")
 NORMALISATION = "per-image min-max to [0, 1] (cxr_tf.data.preprocess.scale_per_image), gray, resize with pad"
 
 
@@ -68,6 +68,7 @@ class SSLPretrainConfig(TrainConfig):
     inpaint_rate: float = 0.2
     synthetic_n: int = 600
     encoder_dir: str = ""  # also copy the encoder here
+    export_from: str = ""  # a run folder: write its encoder from checkpoints/best (e.g. of a stopped run)
 
     def apply_smoke(self) -> None:
         super().apply_smoke()
@@ -308,8 +309,20 @@ def run(cfg: SSLPretrainConfig) -> dict:
     model.fit(train_data, validation_data=val, epochs=cfg.epochs, steps_per_epoch=steps, callbacks=cbs,
               shuffle=False, verbose=2)
     fit_s = time.time() - t
+    return finish(cfg, model, run_dir, val, counts, n_train, n_val, steps, fit_s, t0)
+
+
+def finish(cfg, model, run_dir, val, counts, n_train, n_val, steps, fit_s, t0) -> dict:
+    """Best checkpoint -> validation SSIM / PSNR, encoder + metadata, metrics, report."""
+    from cxr_tf.experiments import common
+    from cxr_tf.training import resume
+
+    gen = cfg.genesis()
     history = resume.read_history_csv(run_dir / "history.csv")
-    common.restore_best(model, run_dir)
+    if not common.restore_best(model, run_dir):
+        from cxr_tf.errors import CXRConfigError
+
+        raise CXRConfigError(f"{run_dir}: no checkpoints/best.weights.h5 to export")
     metrics = evaluate_restoration(model, val)
     meta = {
         "image_size": cfg.image_size, "channels": 1, "normalisation": NORMALISATION, "input_range": [0.0, 1.0],
@@ -321,9 +334,11 @@ def run(cfg: SSLPretrainConfig) -> dict:
     enc_dir = model.save_encoder(run_dir / "ssl_encoder", meta)
     if cfg.encoder_dir:
         model.save_encoder(cfg.encoder_dir, meta)
+    params = int(sum(np.prod(w.shape) for w in model.weights))
+    epochs_done = len(history.get("loss", []))
     summary = {"experiment": cfg.experiment, **metrics, "train_images": n_train, "parameters": params,
-               "fit_seconds": round(fit_s, 1), "wall_seconds": round(time.time() - t0, 1),
-               "images_per_second": round(len(history.get("loss", [])) * steps * cfg.batch_size / max(fit_s, 1e-9), 1),
+               "epochs_done": epochs_done, "fit_seconds": round(fit_s, 1), "wall_seconds": round(time.time() - t0, 1),
+               "images_per_second": round(epochs_done * steps * cfg.batch_size / max(fit_s, 1e-9), 1) if fit_s else None,
                "encoder": str(enc_dir), "history": history}
     from cxr_tf.evaluation import plot_training_curves, write_metrics_json
 
@@ -332,7 +347,7 @@ def run(cfg: SSLPretrainConfig) -> dict:
         plot_training_curves(history, str(run_dir.plots / "training_curves.png"), title="SSL restoration")
     (run_dir / "report.md").write_text(
         f"# SSL pretraining ({model.name})\n\n"
-        f"- pool: {n_train} train / {n_val} val images from `{cfg.sources}`, {cfg.image_size} px\n"
+        f"- pool: {n_train} train / {n_val} val images from `{cfg.sources}`, {cfg.image_size} px, {epochs_done} epochs\n"
         f"- validation SSIM corrupted {metrics['val_ssim_corrupted']:.3f} -> restored {metrics['val_ssim_restored']:.3f}; "
         f"PSNR {metrics['val_psnr_corrupted']:.1f} -> {metrics['val_psnr_restored']:.1f} dB\n"
         f"- fit {fit_s:.0f} s, wall {time.time() - t0:.0f} s\n- encoder: `{enc_dir}` (load with `--init ssl:{enc_dir}`)\n")
@@ -341,10 +356,34 @@ def run(cfg: SSLPretrainConfig) -> dict:
     return summary
 
 
+def export_from(path: str) -> dict:
+    """The encoder of an existing run (finished or stopped) from its best checkpoint."""
+    import json
+
+    from cxr_tf.experiments import common
+    from cxr_tf.models.unet_cbam import UNetCBAM
+    from cxr_tf.ssl.transforms import make_pair_dataset
+    from cxr_tf.training.run import RunDir
+
+    t0 = time.time()
+    run_dir = RunDir(path)
+    fields = {f.name for f in dataclasses.fields(SSLPretrainConfig)}
+    saved = json.loads((run_dir / "config.json").read_text())
+    cfg = SSLPretrainConfig(**{k: v for k, v in saved.items() if k in fields})
+    common.setup_runtime(cfg)
+    _, val_imgs, n_train, n_val, counts = image_pool(cfg, run_dir)
+    val = make_pair_dataset(val_imgs, cfg.batch_size, cfg.genesis(), seed=cfg.seed + 1, repeat=False,
+                            drop_remainder=False).cache()
+    model = UNetCBAM(cfg.image_size, 1, cfg.depth, cfg.width, cfg.use_cbam, cfg.cbam_ratio)
+    steps = max(1, n_train // cfg.batch_size)
+    return finish(cfg, model, run_dir, val, counts, n_train, n_val, steps, 0.0, t0)
+
+
 def main(argv=None) -> int:
     from cxr_tf.errors import run_main
 
-    return run_main(lambda: run(parse(argv)))
+    cfg = parse(argv)
+    return run_main(lambda: export_from(cfg.export_from) if cfg.export_from else run(cfg))
 
 
 if __name__ == "__main__":
