@@ -225,6 +225,9 @@ def run(cfg: SSLFinetuneConfig) -> dict:
                          "accuracy": acc["value"], "accuracy_lo": c_ci[0], "accuracy_hi": c_ci[1],
                          "fit_seconds": round(fit_s, 1)})
             common.log(f"  test AUC {auc['value']:.3f} {a_ci}, accuracy {acc['value']:.3f} {c_ci}")
+            # after every point, so a run stopped by a time limit keeps what it measured
+            pd.DataFrame(rows).to_csv(run_dir / "results.csv", index=False)
+            (run_dir / "results.md").write_text(results_markdown(pd.DataFrame(rows)))
     table = pd.DataFrame(rows)
     table.to_csv(run_dir / "results.csv", index=False)
     md = results_markdown(table)
