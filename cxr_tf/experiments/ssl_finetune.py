@@ -18,7 +18,12 @@ Writes ``runs/ssl_finetune/<UTC timestamp>/``: config, splits, one sub-folder pe
 (fraction, arm) with TensorBoard, history and best checkpoint, ``results.csv``,
 ``results.md``, ``metrics.json`` and ``plots/label_efficiency.png``.
 
-Results (2-core AMD EPYC VM, run pinned to 1 core): ``experiments/results/ssl.md``.
+Results (2-core AMD EPYC VM, run pinned to 1 core, TF 2.21; details and the exact commands in
+``experiments/results/ssl.md``): kermany224 normal vs pneumonia, 64 px, depth-3 width-16
+encoder pretrained 2 epochs, 60 steps x 32 images per point, one seed, 340 s wall in all.
+Test AUC / accuracy, SSL vs scratch: 1% labels 0.941 / 0.871 vs 0.946 / 0.775; 10% 0.970 /
+0.938 vs 0.977 / 0.884; 100% 0.989 / 0.948 vs 0.955 / 0.777 (accuracy gains at every point,
+AUC gain only at 100%).
 """
 from __future__ import annotations
 

@@ -19,8 +19,11 @@ checkpoints (resumable: ``--resume``), ``metrics.json``, ``report.md`` and
 ``ssl_encoder/`` (``encoder.weights.h5`` + ``ssl_encoder.json``: input size, channels,
 normalisation, transform settings), which a classifier loads with ``--init ssl:<folder>``.
 
-Results (2-core AMD EPYC VM, run pinned to 1 core, TF 2.21): see
-``experiments/results/ssl.md``.
+Results (2-core AMD EPYC VM, run pinned to 1 core, TF 2.21; ``experiments/results/ssl.md``):
+3,744 unlabeled images (kermany224 training patients, NIH, COVID sets) at 64 px, depth 3,
+width 16, ~11 images/s; 2 epochs in 12 min 53 s (stopped at the 15-minute run limit, encoder
+written with ``--export-from``): validation SSIM corrupted 0.138 -> restored 0.603, PSNR
+9.4 -> 14.7 dB.
 """
 from __future__ import annotations
 
