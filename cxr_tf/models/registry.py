@@ -38,6 +38,8 @@ class BackboneSpec:
 
 
 _BACKBONES: dict[str, BackboneSpec] = {}
+# Parametrised families (``unet_cbam_encoder_d3w16``): pattern -> factory(name) -> spec or None.
+_FAMILIES: dict[str, Callable[[str], "BackboneSpec | None"]] = {}
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
@@ -45,8 +47,18 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+def register_backbone_family(pattern: str, factory: Callable[[str], "BackboneSpec | None"]) -> None:
+    """Names matching ``pattern`` are built on demand by ``factory(name)`` (and then cached)."""
+    _FAMILIES[pattern] = factory
+
+
 def get_backbone(name: str) -> BackboneSpec:
     _ensure_loaded()
+    if name not in _BACKBONES:
+        for factory in _FAMILIES.values():
+            spec = factory(name)
+            if spec is not None:
+                return register_backbone(spec)
     if name not in _BACKBONES:
         raise CXRModelError(f"unknown backbone {name!r}; available: {sorted(_BACKBONES)}")
     return _BACKBONES[name]
@@ -59,4 +71,4 @@ def list_backbones() -> list[str]:
 
 def _ensure_loaded() -> None:
     # Families register themselves on import; importing here avoids a cycle.
-    from cxr_tf.models import applications, resnet18, squeezenet, tiny, vit  # noqa: F401
+    from cxr_tf.models import applications, resnet18, squeezenet, tiny, unet_cbam, vit  # noqa: F401

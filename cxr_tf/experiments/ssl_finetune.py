@@ -1,0 +1,268 @@
+"""Does SSL pretraining help? Label-efficiency curve: SSL-initialised encoder vs scratch.
+
+The same UNet encoder (``unet_cbam_encoder_d{depth}w{width}``) + GAP + softmax head is
+trained twice per point: initialised from an SSL artifact (``--init ssl:<folder>``,
+written by ``cxr_tf.experiments.ssl_pretrain``) and from random weights; same patient-level
+split, same training subset, same number of optimizer steps, same seed. Points: fractions
+of the training patients' labels (default 1%, 10%, 100%). Test AUC and accuracy with 95%
+CIs (``cxr_tf.evaluation``: bootstrap for AUC, Wilson for accuracy) and a plot.
+
+Commands::
+
+    python -m cxr_tf.experiments.ssl_finetune --data-dir $CXR_DATA_DIR/pneumoniamnist \\
+        --init ssl:runs/ssl_pretrain/<stamp>/ssl_encoder
+    python -m cxr_tf.experiments.ssl_finetune --data-dir $CXR_DATA_DIR/kermany224 --init ssl:DIR
+    python -m cxr_tf.experiments.ssl_finetune --smoke     # tests: a tiny pretrain first, synthetic data
+
+Writes ``runs/ssl_finetune/<UTC timestamp>/``: config, splits, one sub-folder per
+(fraction, arm) with TensorBoard, history and best checkpoint, ``results.csv``,
+``results.md``, ``metrics.json`` and ``plots/label_efficiency.png``.
+
+Results (2-core AMD EPYC VM, run pinned to 1 core, TF 2.21; details and the exact commands in
+``experiments/results/ssl.md``): kermany224 normal vs pneumonia, 64 px, depth-3 width-16
+encoder pretrained 2 epochs, 60 steps x 32 images per point, one seed, 340 s wall in all.
+Test AUC / accuracy, SSL vs scratch: 1% labels 0.941 / 0.871 vs 0.946 / 0.775; 10% 0.970 /
+0.938 vs 0.977 / 0.884; 100% 0.989 / 0.948 vs 0.955 / 0.777 (accuracy gains at every point,
+AUC gain only at 100%).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+
+import numpy as np
+
+from cxr_tf.training.config import TrainConfig, parse_config
+
+
+@dataclasses.dataclass
+class SSLFinetuneConfig(TrainConfig):
+    experiment: str = "ssl_finetune"
+    classes: str = "pneumonia"  # pneumonia (normal / pneumonia) | 3class (kermany)
+    init: str = ""  # ssl:<folder> (required unless --smoke)
+    arms: str = "ssl,scratch"
+    fractions: str = "0.01,0.1,1.0"  # of the training patients (labels)
+    steps_per_epoch: int = 50  # the same optimizer budget for every point and arm
+    image_size: int = 64
+    batch_size: int = 32
+    epochs: int = 6
+    lr: float = 1e-3
+    head: str = "gap"
+    dropout: float = 0.0
+    freeze_until: int = 0
+    bn_momentum: float = 0.9
+    augment: str = "none"
+    early_stopping: int = 0
+    synthetic_n: int = 600
+    synthetic_difficulty: float = 0.3
+    export: bool = False
+
+    def apply_smoke(self) -> None:
+        super().apply_smoke()
+        self.image_size = 32
+        self.batch_size = 8
+        self.steps_per_epoch = 3
+        self.epochs = 1
+        self.synthetic_n = 96
+        self.fractions = "0.25,1.0"
+
+    def validate(self) -> None:
+        super().validate()
+        from cxr_tf.errors import CXRConfigError
+
+        bad = [a for a in self.arm_list() if a not in ("ssl", "scratch")]
+        if bad or not self.arm_list():
+            raise CXRConfigError(f"--arms must be a comma list of ssl, scratch; got {self.arms!r}")
+        fr = self.fraction_list()
+        if not fr or any(not 0 < f <= 1 for f in fr):
+            raise CXRConfigError(f"--fractions must be in (0, 1]; got {self.fractions!r}")
+        if "ssl" in self.arm_list() and not self.smoke and not self.init.startswith("ssl:"):
+            raise CXRConfigError(f"--init must be ssl:<folder written by ssl_pretrain>; got {self.init!r}")
+
+    def arm_list(self) -> list[str]:
+        return [a.strip() for a in self.arms.split(",") if a.strip()]
+
+    def fraction_list(self) -> list[float]:
+        try:
+            return [float(f) for f in self.fractions.split(",") if f.strip()]
+        except ValueError:
+            from cxr_tf.errors import CXRConfigError
+
+            raise CXRConfigError(f"--fractions must be numbers like 0.01,0.1,1; got {self.fractions!r}") from None
+
+
+def parse(argv=None) -> SSLFinetuneConfig:
+    return parse_config(SSLFinetuneConfig, list(sys.argv[1:] if argv is None else argv),
+                        description=__doc__.split("\n")[0])
+
+
+def label_subset(ds, fraction: float, seed: int, min_per_class: int = 2) -> np.ndarray:
+    """Indices of a patient-level subset holding ``fraction`` of the patients (at least
+    ``min_per_class`` patients of every class; by patient, never splitting one)."""
+    rng = np.random.default_rng(seed)
+    pid = ds.meta["patient_id"].to_numpy()
+    cls = ds.class_index()
+    patients = np.unique(pid)
+    if fraction >= 1.0:
+        return np.arange(len(ds))
+    first_cls = {p: c for p, c in zip(pid[::-1], cls[::-1])}  # a patient's class: its first image's
+    chosen = set(rng.choice(patients, max(1, math.ceil(fraction * len(patients))), replace=False).tolist())
+    for c in range(ds.num_classes):
+        have = [p for p in chosen if first_cls[p] == c]
+        pool = [p for p in patients if first_cls[p] == c and p not in chosen]
+        need = max(0, min_per_class - len(have))
+        if need and pool:
+            chosen |= set(rng.choice(pool, min(need, len(pool)), replace=False).tolist())
+    return np.flatnonzero(np.isin(pid, list(chosen)))
+
+
+def _smoke_init(cfg, run_dir) -> str:
+    """--smoke without --init: a tiny pretraining on synthetic CXRs first."""
+    from cxr_tf.experiments import ssl_pretrain
+
+    pre = ssl_pretrain.parse(["--smoke", "--runs-dir", str(run_dir / "pretrain"), "--image-size",
+                              str(cfg.image_size), "--seed", str(cfg.seed)])
+    return "ssl:" + ssl_pretrain.run(pre)["encoder"]
+
+
+def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, class_names):
+    """Train one (fraction, arm) and return its test metrics."""
+    import keras
+
+    from cxr_tf.data import build_pipeline
+    from cxr_tf.evaluation import classification_metrics
+    from cxr_tf.experiments import common
+    from cxr_tf.models import build_model
+    from cxr_tf.training import resume
+    from cxr_tf.training.callbacks import standard_callbacks
+    from cxr_tf.training.loop import compile_classifier
+
+    keras.utils.set_random_seed(cfg.seed)  # both arms: the same head init and batches
+    model = build_model(backbone, num_classes=len(class_names), image_size=cfg.image_size, head=cfg.head,
+                        dropout=cfg.dropout, freeze_until=cfg.freeze_until, class_names=class_names,
+                        weights=init if arm == "ssl" else None, bn_momentum=cfg.bn_momentum)
+    train = build_pipeline(train_sub, cfg.image_size, cfg.batch_size, training=True, policy=cfg.augment,
+                           balance=cfg.balance if cfg.balance == "oversample" else "none", seed=cfg.seed,
+                           epoch_size=cfg.steps_per_epoch * cfg.batch_size)
+    val = build_pipeline(val_ds, cfg.image_size, cfg.batch_size, training=False)
+    test = build_pipeline(test_ds, cfg.image_size, cfg.batch_size, training=False)
+    compile_classifier(model, cfg.optimizer_config(), train.steps, cfg.epochs, cfg.label_smoothing)
+    state, data = resume.prepare_resume(run_dir, train.dataset, train.steps)
+    t = time.time()
+    model.fit(data, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
+              callbacks=standard_callbacks(run_dir, monitor="val_auc", patience=cfg.early_stopping),
+              shuffle=False, verbose=2)
+    fit_s = time.time() - t
+    common.restore_best(model, run_dir)
+    prob = np.asarray(model.predict(test.dataset, verbose=0))
+    m = classification_metrics(test_ds.class_index(), prob, class_names, seed=cfg.seed)
+    resume.finish(run_dir)
+    return m, fit_s
+
+
+def plot_curve(rows, path, title):
+    from cxr_tf.evaluation.plots import _new_figure, _save
+
+    fig = _new_figure(9, 3.6)
+    for k, key in enumerate(("auc", "accuracy")):
+        ax = fig.add_subplot(1, 2, k + 1)
+        for arm, color in (("ssl", "tab:blue"), ("scratch", "tab:orange")):
+            pts = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["fraction"])
+            if not pts:
+                continue
+            x = [100 * r["fraction"] for r in pts]
+            y = [r[key] for r in pts]
+            lo = [r[key] - r[f"{key}_lo"] if r[f"{key}_lo"] is not None else 0 for r in pts]
+            hi = [r[f"{key}_hi"] - r[key] if r[f"{key}_hi"] is not None else 0 for r in pts]
+            ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, color=color,
+                        label="SSL init" if arm == "ssl" else "scratch")
+        ax.set_xscale("log")
+        ax.set_xlabel("% of training labels")
+        ax.set_ylabel("test AUC" if key == "auc" else "test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def run(cfg: SSLFinetuneConfig) -> dict:
+    from cxr_tf.experiments import common
+
+    t0 = time.time()
+    strategy = common.setup_runtime(cfg)  # noqa: F841 (seeds, determinism)
+    import pandas as pd
+
+    from cxr_tf.evaluation import write_metrics_json
+    from cxr_tf.training.run import RunDir, create_run_dir
+
+    run_dir = create_run_dir(cfg)
+    common.log(f"run folder: {run_dir}")
+    init = cfg.init or (_smoke_init(cfg, run_dir) if "ssl" in cfg.arm_list() else "")
+    from cxr_tf.models.unet_cbam import resolve_ssl_path, ssl_backbone_name
+
+    backbone = ssl_backbone_name(init) if init else "unet_cbam_encoder"
+    meta = resolve_ssl_path(init)[1] if init else {}
+    if meta and int(meta.get("image_size", cfg.image_size)) != cfg.image_size:
+        common.log(f"note: SSL encoder pretrained at {meta['image_size']} px, fine-tuned at {cfg.image_size} px")
+    ds = common.load_experiment_data(cfg, cfg.classes)
+    common.log(ds.summary())
+    ds = common.check_items(cfg, ds, run_dir)
+    split = common.make_split(cfg, ds, run_dir)
+    train_ds, val_ds, test_ds = (ds.subset(split == s) for s in ("train", "val", "test"))
+    rows = []
+    for fraction in cfg.fraction_list():
+        idx = label_subset(train_ds, fraction, cfg.seed)
+        sub = train_ds.subset(idx)
+        sub.meta[["patient_id"]].assign(item=[str(i) for i in sub.meta["item"]]).to_csv(
+            run_dir / f"train_subset_{fraction:g}.csv", index=False)
+        for arm in cfg.arm_list():
+            point = RunDir(run_dir / f"frac{fraction:g}_{arm}")
+            common.log(f"fraction {fraction:g} ({len(sub)} images, {sub.meta['patient_id'].nunique()} patients), {arm}")
+            m, fit_s = train_point(cfg, arm, backbone, init, sub, val_ds, test_ds, point, ds.class_names)
+            write_metrics_json(str(point / "metrics.json"), m)
+            auc, acc = m["macro_auc"], m["accuracy"]
+            a_ci, c_ci = auc.get("bootstrap_ci") or [None, None], acc.get("wilson_ci") or [None, None]
+            rows.append({"dataset": ds.name, "fraction": fraction, "arm": arm, "train_images": len(sub),
+                         "train_patients": int(sub.meta["patient_id"].nunique()), "test_images": len(test_ds),
+                         "auc": auc["value"], "auc_lo": a_ci[0], "auc_hi": a_ci[1],
+                         "accuracy": acc["value"], "accuracy_lo": c_ci[0], "accuracy_hi": c_ci[1],
+                         "fit_seconds": round(fit_s, 1)})
+            common.log(f"  test AUC {auc['value']:.3f} {a_ci}, accuracy {acc['value']:.3f} {c_ci}")
+            # after every point, so a run stopped by a time limit keeps what it measured
+            pd.DataFrame(rows).to_csv(run_dir / "results.csv", index=False)
+            (run_dir / "results.md").write_text(results_markdown(pd.DataFrame(rows)))
+    table = pd.DataFrame(rows)
+    table.to_csv(run_dir / "results.csv", index=False)
+    md = results_markdown(table)
+    (run_dir / "results.md").write_text(md)
+    plot_curve(rows, str(run_dir.plots / "label_efficiency.png"), f"{ds.name}: SSL init vs scratch ({backbone})")
+    summary = {"experiment": cfg.experiment, "backbone": backbone, "init": init, "points": rows,
+               "wall_seconds": round(time.time() - t0, 1)}
+    write_metrics_json(str(run_dir / "metrics.json"), summary)
+    common.finish_run(run_dir)
+    common.log("\n" + md)
+    return summary
+
+
+def results_markdown(table) -> str:
+    def ci(v, lo, hi):
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and not np.isnan(lo) else f"{v:.3f}"
+
+    lines = ["| labels | arm | train images (patients) | test AUC [95% CI] | test accuracy [95% CI] | fit s |",
+             "|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {100 * r.fraction:g}% | {r.arm} | {r.train_images} ({r.train_patients}) | "
+                     f"{ci(r.auc, r.auc_lo, r.auc_hi)} | {ci(r.accuracy, r.accuracy_lo, r.accuracy_hi)} | {r.fit_seconds} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    from cxr_tf.errors import run_main
+
+    return run_main(lambda: run(parse(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
