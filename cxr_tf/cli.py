@@ -23,7 +23,7 @@ from cxr_tf.errors import CXRError
 def _experiments() -> list[str]:
     import cxr_tf.experiments as ex
 
-    return sorted(m.name for m in pkgutil.iter_modules(ex.__path__) if m.name != "common")
+    return sorted(m.name for m in pkgutil.iter_modules(ex.__path__) if m.name not in ("common", "sweep"))
 
 
 def main(argv=None) -> int:
