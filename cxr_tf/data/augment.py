@@ -161,7 +161,10 @@ def apply_policy(images: tf.Tensor, policy: AugmentPolicy | str, seed: tf.Tensor
         images = tf.clip_by_value(images, 0.0, 1.0)
         if policy.gamma:
             images = tf.pow(images + 1e-6, tf.exp(_u(s[2], [b, 1, 1, 1], policy.gamma)))
-    return tf.clip_by_value(images, 0.0, 1.0)
+        images = tf.clip_by_value(images, 0.0, 1.0)
+    # A geometric-only policy needs no clip: bilinear weights are convex and the fill
+    # is 0, so [0, 1] inputs stay in [0, 1] (the clip cost ~8% of the warp).
+    return images
 
 
 def augmentation_grid(images: np.ndarray, policy: AugmentPolicy | str, path: str, n_aug: int = 5, seed: int = 0) -> str:
