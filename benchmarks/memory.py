@@ -96,7 +96,7 @@ def run(args) -> list[Row]:
 
 def _options(p):
     p.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32, 64])
-    p.add_argument("--steps", type=int, default=2, help="training steps per child (the first traces)")
+    p.add_argument("--steps", type=int, default=1, help="training steps per child (one full step: forward, gradients, optimizer slots)")
     p.add_argument("--freeze-until", type=int, default=0, help="0: full fine-tuning (the largest footprint)")
 
 
