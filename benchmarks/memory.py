@@ -52,13 +52,17 @@ def measure_child(folder, backbone, size, batch, steps, freeze) -> tuple[float, 
            f"child({str(folder)!r}, {backbone!r}, {size}, {batch}, {steps}, {freeze})"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # stderr to a file, stdout read to the end, then wait4: it gives this child's own
-    # rusage (RUSAGE_CHILDREN would be the max over every child so far)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile(mode="w+") as errf:
+        # stderr goes to a file (a full pipe would block the child); stdout is read to the
+        # end, then wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the
+        # maximum over every child so far).
+        proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=errf, text=True)
+        out = proc.stdout.read()
+        proc.stdout.close()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        errf.seek(0)
+        err = errf.read()
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or "RESULT " not in out:
         raise RuntimeError(f"memory child (batch {batch}) failed ({proc.returncode}):\n{err[-3000:]}")
