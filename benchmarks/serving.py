@@ -74,7 +74,7 @@ def run(args) -> list[Row]:
             "SavedModel serving_default (bytes)": (lambda x, b: bytes_sig(image_bytes=b)),
         }
         lat, thr = {}, {}
-        for batch, repeats in ((1, r1), (big, rb)):
+        for batch, repeats in (() if args.size_only else ((1, r1), (big, rb))):
             x = tf.constant(images[:batch])
             b = tf.constant(encoded[:batch])
             for case, fn in paths.items():
@@ -89,7 +89,7 @@ def run(args) -> list[Row]:
                                     repeats=t.repeats, params=p))
                 print(f"  batch {batch} {case}: {t.median * 1e3:.1f} ms", flush=True)
 
-    for ref in ("keras model(x)", "keras predict_on_batch"):
+    for ref in (() if args.size_only else ("keras model(x)", "keras predict_on_batch")):
         for sig in ("SavedModel predict_images (float)", "SavedModel serving_default (bytes)"):
             short = "float" if "float" in sig else "bytes"
             rows.append(Row(f"{short} export / {ref}: latency batch 1", "ratio", lat[sig] / lat[ref], "x",
@@ -112,6 +112,7 @@ def run(args) -> list[Row]:
 def _options(p):
     p.add_argument("--repeats-b1", type=int, default=15, help="timed batch-1 calls per path")
     p.add_argument("--repeats-b32", type=int, default=3, help="timed batch-32 calls per path")
+    p.add_argument("--size-only", action="store_true", help="export and sizes only, no timing (under a minute)")
 
 
 if __name__ == "__main__":
