@@ -236,6 +236,7 @@ def apply_policy(images: tf.Tensor, policy: AugmentPolicy | str, seed: tf.Tensor
         images = tf.clip_by_value(images, 0.0, 1.0)
         if policy.gamma:
             images = tf.pow(images + 1e-6, tf.exp(_u(s[2], [b, 1, 1, 1], policy.gamma)))
+        images = tf.clip_by_value(images, 0.0, 1.0)
     if policy.keras_image_ops:
         layers = _keras_layers(policy)
         if policy.elastic:
@@ -244,7 +245,10 @@ def apply_policy(images: tf.Tensor, policy: AugmentPolicy | str, seed: tf.Tensor
             # per image with probability `clahe` (stateless draw from this batch's seed)
             pick = tf.random.stateless_uniform([b, 1, 1, 1], seed=photo_seed + 7) < policy.clahe
             images = tf.where(pick, tf.cast(layers["clahe"](images), images.dtype), images)
-    return tf.clip_by_value(images, 0.0, 1.0)
+        images = tf.clip_by_value(images, 0.0, 1.0)
+    # A geometric-only policy needs no clip: bilinear weights are convex and the fill
+    # is 0, so [0, 1] inputs stay in [0, 1] (the clip cost ~8% of the warp).
+    return images
 
 
 def apply_policy_with_labels(images: tf.Tensor, labels: tf.Tensor, policy: AugmentPolicy | str, seed: tf.Tensor):
