@@ -9,4 +9,4 @@ works, never to judge speed.
 """
 
 #: Benchmarks runnable by name (``benchmarks/run.py <name>``).
-BENCHMARKS = ("input_pipeline", "train_step", "cached_features", "serving", "memory")
+BENCHMARKS = ("input_pipeline", "train_step", "cached_features", "serving", "memory", "score_cam", "mg_transforms")

@@ -31,6 +31,8 @@ EXPECTED = {
     "serving": ["keras model(x), batch 1", "SavedModel predict_images (float), batch 1",
                 "SavedModel serving_default (bytes), batch 1", "variables/ / raw weights"],
     "memory": ["no training", "training, batch 4", "growth per image"],
+    "score_cam": ["scorecam full", "scorecam max_N=8", "gradcam", "gradcam++", "vs scorecam full"],
+    "mg_transforms": ["Models Genesis corruption", "restorer training", "corruption / restorer training"],
 }
 
 
