@@ -200,16 +200,9 @@ def run(cfg: AugmentationAblationConfig) -> dict:
     from cxr_tf.experiments import common, sweep
 
     t0 = time.time()
-    common.setup_runtime(cfg)
+    run_dir, ds = sweep.start(cfg)
     from cxr_tf.datasets import kfold_with_validation, save_splits
-    from cxr_tf.training.run import create_run_dir
 
-    run_dir = create_run_dir(cfg)
-    common.log(f"run folder: {run_dir}")
-    ds = common.load_experiment_data(cfg, cfg.classes)
-    ds = common.check_items(cfg, ds, run_dir)
-    ds = sweep.subsample_patients(ds, cfg.max_images, cfg.seed)
-    common.log(ds.summary())
     folds = kfold_with_validation(ds, cfg.folds, cfg.val_fraction, cfg.seed)
     table = pd.DataFrame({"item": ds.item_names, "patient": ds.patient_ids,
                           "label": np.array(ds.class_names)[ds.class_index()]})

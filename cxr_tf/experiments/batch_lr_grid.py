@@ -165,15 +165,7 @@ def run(cfg: BatchLrGridConfig) -> dict:
     from cxr_tf.experiments import common, sweep
 
     t0 = time.time()
-    common.setup_runtime(cfg)
-    from cxr_tf.training.run import create_run_dir
-
-    run_dir = create_run_dir(cfg)
-    common.log(f"run folder: {run_dir}")
-    ds = common.load_experiment_data(cfg, cfg.classes)
-    ds = common.check_items(cfg, ds, run_dir)
-    ds = sweep.subsample_patients(ds, cfg.max_images, cfg.seed)
-    common.log(ds.summary())
+    run_dir, ds = sweep.start(cfg)
     split = common.make_split(cfg, ds, run_dir)
     write_hparams_config(run_dir.tensorboard, cfg.batch_list, cfg.lr_list)
 

@@ -68,7 +68,7 @@ class FreezeDepthConfig(PneumoniaFreezeConfig):
             raise CXRConfigError(f"--freeze-points / --lrs must be comma-separated numbers; got "
                                  f"{self.freeze_points!r}, {self.lrs!r}") from None
         if not pts or min(pts) < 0 or not lrs or min(lrs) <= 0:
-            raise CXRConfigError(f"--freeze-points must be layer indices >= 0 and --lrs > 0")
+            raise CXRConfigError("--freeze-points must be layer indices >= 0 and --lrs > 0")
         if self.weights == "none" and max(pts) > 0 and not self.allow_random_frozen:
             raise CXRConfigError("--weights none freezes randomly initialised layers; give --weights imagenet|PATH|"
                                  "run:DIR, or --allow-random-frozen to study random features on purpose")
@@ -139,15 +139,7 @@ def run(cfg: FreezeDepthConfig) -> dict:
     from cxr_tf.experiments import common, sweep
 
     t0 = time.time()
-    common.setup_runtime(cfg)
-    from cxr_tf.training.run import create_run_dir
-
-    run_dir = create_run_dir(cfg)
-    common.log(f"run folder: {run_dir}")
-    ds = common.load_experiment_data(cfg, cfg.classes)
-    ds = common.check_items(cfg, ds, run_dir)
-    ds = sweep.subsample_patients(ds, cfg.max_images, cfg.seed)
-    common.log(ds.summary())
+    run_dir, ds = sweep.start(cfg)
     split = common.make_split(cfg, ds, run_dir)
     rows, curves = [], {}
     for freeze in cfg.freeze_list:

@@ -73,6 +73,20 @@ def subsample_patients(ds: CXRDataset, max_images: int, seed: int = 0) -> CXRDat
     return ds.subset(np.flatnonzero(chosen[inverse]))
 
 
+def start(cfg):
+    """A sweep's beginning: runtime, run folder, checked data, optional patient subset."""
+    common.setup_runtime(cfg)
+    from cxr_tf.training.run import create_run_dir
+
+    run_dir = create_run_dir(cfg)
+    common.log(f"run folder: {run_dir}")
+    ds = common.load_experiment_data(cfg, cfg.classes)
+    ds = common.check_items(cfg, ds, run_dir)
+    ds = subsample_patients(ds, cfg.max_images, cfg.seed)
+    common.log(ds.summary())
+    return run_dir, ds
+
+
 def _same_config(path: Path, cfg_d: dict) -> bool:
     return path.exists() and _comparable(json.loads(path.read_text())) == _comparable(cfg_d)
 
