@@ -17,7 +17,7 @@ Commands::
 
     python -m cxr_tf.experiments.covid_ssl_compare --data-dir $CXR_DATA_DIR          # seed setting (224 px)
     python -m cxr_tf.experiments.covid_ssl_compare --data-dir $CXR_DATA_DIR --models resnet18,squeezenet \\
-        --init unet_cbam_encoder=ssl:runs/ssl/.../encoder.keras
+        --init unet_cbam_encoder=ssl:runs/ssl_pretrain/<UTC>/ssl_encoder
     python -m cxr_tf.experiments.covid_ssl_compare --smoke --data-dir $CXR_DATA_DIR  # tiny, for tests
 
 Writes ``runs/covid_ssl_compare/<UTC>/``: config, splits, ``source_mix.csv`` (the
@@ -98,13 +98,14 @@ def parse_init(spec: str) -> dict[str, str]:
     out = {}
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         name, _, path = part.rpartition("=") if "=" in part else (SSL_BACKBONE, "", part)
-        if path.startswith("ssl:"):
-            path = path[4:]
-        if not name or not path:
+        bare = path[4:] if path.startswith("ssl:") else path
+        if not name or not bare:
             raise CXRConfigError(f"--init entries look like NAME=PATH or ssl:PATH; got {part!r}")
-        if not os.path.exists(path):
-            raise CXRConfigError(f"--init {name}: weights file {path} not found")
-        out[name] = path
+        if not os.path.exists(bare):
+            raise CXRConfigError(f"--init {name}: weights file {bare} not found")
+        # the SSL encoder keeps its "ssl:" prefix: build_model then reads the encoder's depth and
+        # width from the artifact's metadata (a d3w16 encoder builds unet_cbam_encoder_d3w16)
+        out[name] = f"ssl:{bare}" if name == SSL_BACKBONE else bare
     return out
 
 
@@ -212,6 +213,9 @@ def run(cfg: CovidCompareConfig) -> dict:
 
     names = model_list(cfg)
     init = parse_init(cfg.init)
+    if SSL_BACKBONE in names and SSL_BACKBONE not in init:
+        common.log(f"warning: {SSL_BACKBONE} has no --init {SSL_BACKBONE}=ssl:DIR, so it trains from random "
+                   "weights (the row is then not the seed's SSL-pretrained model)")
     run_dir = create_run_dir(cfg)
     common.log(f"run folder: {run_dir}; models: {names}")
     ds = load_data(cfg)

@@ -177,7 +177,8 @@ def summary_row(result: dict) -> dict:
     for c, pc in m["per_class"].items():
         row[f"recall_{c}"] = pc["sensitivity"]["value"]
     row["val_macro_auc"] = result["validation"]["macro_auc"]
-    return row
+    # an AUC is undefined (None in metrics.json) when a split holds one class: NaN in tables
+    return {k: (float("nan") if v is None else v) for k, v in row.items()}
 
 
 def parse_list(text: str, cast=float) -> list:

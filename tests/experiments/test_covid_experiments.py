@@ -29,11 +29,30 @@ def test_model_list_includes_ssl_encoder_only_when_registered(monkeypatch):
 def test_parse_init(tmp_path):
     w = tmp_path / "enc.keras"
     w.write_bytes(b"x")
-    assert cmp.parse_init(f"ssl:{w}") == {cmp.SSL_BACKBONE: str(w)}
-    assert cmp.parse_init(f"unet_cbam_encoder=ssl:{w},resnet18={w}") == {cmp.SSL_BACKBONE: str(w), "resnet18": str(w)}
+    assert cmp.parse_init(f"ssl:{w}") == {cmp.SSL_BACKBONE: f"ssl:{w}"}
+    assert cmp.parse_init(f"unet_cbam_encoder=ssl:{w},resnet18={w}") == {cmp.SSL_BACKBONE: f"ssl:{w}",
+                                                                        "resnet18": str(w)}
     assert cmp.parse_init("") == {}
     with pytest.raises(CXRConfigError, match="not found"):
         cmp.parse_init("ssl:/nope.keras")
+
+
+def test_ssl_init_builds_the_artifacts_encoder_size_with_its_weights(tmp_path):
+    """--init ssl:DIR of a d2w4 encoder: the SSL row is a d2w4 encoder carrying the pretrained weights."""
+    from cxr_tf.models import build_model
+    from cxr_tf.models.unet_cbam import UNetCBAM
+
+    restorer = UNetCBAM(image_size=32, depth=2, width=4)
+    enc_dir = restorer.save_encoder(tmp_path / "ssl_encoder")
+    init = cmp.parse_init(f"{cmp.SSL_BACKBONE}=ssl:{enc_dir}")
+    model = build_model(cmp.SSL_BACKBONE, num_classes=3, image_size=32, head="gap", freeze_until=0,
+                        weights=init[cmp.SSL_BACKBONE])
+    assert model.backbone == "unet_cbam_encoder_d2w4"
+    for name in restorer.encoder_layer_names:
+        if not restorer.get_layer(name).weights:
+            continue
+        for a, b in zip(restorer.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_comparison_table_and_csv_rows():

@@ -146,7 +146,7 @@ class PostgresCluster:
                        capture_output=True, timeout=60)
 
 
-def wait_until(cond, timeout: float = 10.0, step: float = 0.05):
+def wait_until(cond, timeout: float = 60.0, step: float = 0.05):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = cond()

@@ -36,7 +36,7 @@ def browser():
                 "--single-process", "--no-zygote", "--disable-site-isolation-trials"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
+    driver.set_page_load_timeout(120)
     yield driver
     driver.quit()
 
@@ -62,7 +62,7 @@ def test_rating_session_in_chromium(browser, tmp_path):
             "return [s.dataset.item, s.dataset.ready, document.getElementById('progress-text').textContent];")
 
     def at_item(k, answered):
-        wait_until(lambda: page_state() == [str(order[k]), "1", f"{answered} / 5"], timeout=20, step=0.15)
+        wait_until(lambda: page_state() == [str(order[k]), "1", f"{answered} / 5"], timeout=60, step=0.15)
 
     def press(key):
         d.find_element(By.TAG_NAME, "body").send_keys(key)
@@ -95,7 +95,7 @@ def test_rating_session_in_chromium(browser, tmp_path):
         d.refresh()                               # a returning rater continues where they stopped
         at_item(3, 3)
         press(Keys.BACKSPACE)                     # change the last answer (item 2: left -> right)
-        wait_until(lambda: page_state()[:2] == [str(order[2]), "1"], timeout=20, step=0.15)
+        wait_until(lambda: page_state()[:2] == [str(order[2]), "1"], timeout=60, step=0.15)
         assert "selected" in el("choice-left").get_attribute("class")
         el("choice-right").click()
         at_item(3, 3)
