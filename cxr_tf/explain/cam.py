@@ -5,9 +5,10 @@ Grad-CAM++ (Chattopadhay et al. 2018) and Score-CAM (Wang et al. 2020; with
 ``max_n`` it is "Faster Score-CAM": only the ``max_n`` channels of highest variance
 are used as masks, instead of every channel of the target layer).
 
-The target layer is chosen per model: the last layer with a 4D output (the last
-convolutional feature map before pooling; for a :class:`CXRClassifier` that is its
-backbone's registered ``cam_layer``), and can be overridden by name. A wrong name is
+The target layer is chosen per model: the model's registered ``cam_layer`` (for a
+:class:`CXRClassifier`, its backbone's ``BackboneSpec.cam_layer``), else the last layer
+with a 4D output (the last convolutional feature map before pooling), and can be
+overridden by name. A wrong name is
 a :class:`~cxr_tf.errors.CXRModelError` listing valid candidates.
 
 tf-keras-vis pitfalls (FACTS.md): a model nested as a layer breaks it (cxr_tf models
@@ -50,9 +51,17 @@ def feature_map_layers(model) -> list[str]:
 
 
 def target_layer(model, layer: str | None = None) -> str:
-    """The CAM target layer: ``layer`` if given (checked), else the model's last 4D layer."""
+    """The CAM target layer: ``layer`` if given (checked), else the model's registered one.
+
+    Without ``layer``: the model's ``cam_layer`` (a :class:`CXRClassifier` takes it from its
+    backbone's :class:`~cxr_tf.models.BackboneSpec`) when the model has a 4D layer of that
+    name; otherwise the last 4D layer (any other functional model).
+    """
     candidates = feature_map_layers(model)
     if layer is None:
+        registered = getattr(model, "cam_layer", None)
+        if registered and registered in candidates:
+            return registered
         if not candidates:
             raise CXRModelError(f"{model.name}: no layer with a 4D feature map to explain")
         return candidates[-1]
@@ -87,7 +96,7 @@ class Explainer:
         model: a flat Keras model taking images ``(N, H, W, C)`` (a CXRClassifier or any
             functional model with a softmax/sigmoid output layer).
         method: ``gradcam``, ``gradcam++`` or ``scorecam``.
-        layer: target layer name (default: the last 4D layer, see :func:`target_layer`).
+        layer: target layer name (default: the registered CAM layer, see :func:`target_layer`).
         max_n: Score-CAM only: use the ``max_n`` highest-variance channels (Faster
             Score-CAM); ``None`` uses all channels (one forward pass each: slow).
         batch_size: Score-CAM's masked-input batch size.

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="PNG, JPEG or DICOM files")
     p.add_argument("--model", required=True, help="saved_models/<name>/<version> or a .keras file")
     p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"])
-    p.add_argument("--layer", default=None, help="target layer (default: the model's last 4D feature map)")
+    p.add_argument("--layer", default=None, help="target layer (default: the layer registered for the backbone, else the last 4D feature map)")
     p.add_argument("--max-n", type=int, default=32, help="Score-CAM: channels used (Faster Score-CAM); 0 = all")
     p.add_argument("--class", dest="class_name", default=None, help="class to explain (default: the predicted one)")
     p.add_argument("--out", default="explanations")

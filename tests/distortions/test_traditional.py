@@ -226,3 +226,62 @@ def test_cli_distortion_grid(tmp_path):
                  "--distortions", "jpeg,pink_noise"]) == 0
     assert Image.open(out).size == (4 * 160, 2 * 160)
     assert main(["distortion-grid", str(src), "--out", str(out), "--distortions", "nope"]) == 2
+
+
+def test_coloured_noise_added_has_the_reported_spectral_slope():
+    # spectral_noise documents power ~ f**beta, so the log-log slope of the added noise is +beta
+    img = np.full((256, 256), 0.5, np.float32)  # flat, and 0.5 +- 5 sigma stays in [0, 1]: no clipping
+    draws = [apply_distortion("coloured_noise", img, 0.5, seed) for seed in range(20)]
+    brown_ish = next((o, p) for o, p in draws if p["beta"] < -1.0)  # reddish
+    violet_ish = next((o, p) for o, p in draws if p["beta"] > 1.0)  # bluish
+    slopes = []
+    for out, p in (brown_ish, violet_ish):
+        noise = out.astype(np.float64) - img
+        assert noise.std() == pytest.approx(p["sigma"], rel=1e-3) and p["sigma"] == pytest.approx(0.1)
+        slope = _radial_slope(noise)
+        assert abs(slope - p["beta"]) < 0.15, (p["beta"], slope)
+        slopes.append(slope)
+    assert slopes[1] - slopes[0] > 2.0
+
+
+@pytest.mark.parametrize("severity", [0.0, 0.3, 0.7, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_gamma_is_exactly_the_power_law_it_reports(severity, seed):
+    img = _image()
+    img[0, :3] = (0.0, 1.0, 0.5)  # the fixed points 0 and 1, and a mid value
+    out, p = apply_distortion("gamma", img, severity, seed)
+    g = p["gamma"]
+    assert abs(np.log2(g)) == pytest.approx(1.5 * severity, abs=1e-12)
+    np.testing.assert_allclose(out, img.astype(np.float64) ** g, rtol=1e-6, atol=1e-7)
+    assert out[0, 0] == 0.0 and out[0, 1] == 1.0
+
+
+def test_gamma_draws_both_directions():
+    gs = {apply_distortion("gamma", _image(), 1.0, seed)[1]["gamma"] for seed in range(16)}
+    assert gs == {2.0 ** -1.5, 2.0 ** 1.5}
+
+
+@pytest.mark.parametrize("severity", [0.3, 0.5])
+def test_bilateral_keeps_edges_that_gaussian_blur_of_equal_smoothing_loses(severity):
+    cv2 = pytest.importorskip("cv2")
+    n, lo, hi, noise_sd = 64, 0.2, 0.8, 0.03
+    clean = np.where(np.arange(n)[None, :] < n // 2, lo, hi) * np.ones((n, 1))
+    img = np.clip(clean + np.random.default_rng(0).normal(0, noise_sd, (n, n)), 0, 1).astype(np.float32)
+    flat = np.zeros((n, n), bool)
+    flat[:, 4:n // 2 - 8] = flat[:, n // 2 + 8:n - 4] = True  # away from the edge and the border
+
+    def flat_sd(a):
+        return float((a - clean)[flat].std())
+
+    def edge_step(a):  # contrast across the edge: the jump between its two adjacent columns
+        return float(a[:, n // 2].mean() - a[:, n // 2 - 1].mean())
+
+    out, p = apply_distortion("bilateral_blur", img, severity, 0)
+    assert p["sigma_color"] < (hi - lo) / 3  # the edge is far above the range sigma
+    assert flat_sd(out) < 0.4 * flat_sd(img)  # it does smooth flat regions
+    assert edge_step(out) > 0.9 * (hi - lo)  # ... and keeps the edge
+    # the weakest Gaussian blur that smooths flat regions at least as much
+    sigma = next(s for s in np.arange(0.2, 6.0, 0.05)
+                 if flat_sd(cv2.GaussianBlur(img, (0, 0), sigmaX=float(s), borderType=4)) <= flat_sd(out))
+    gauss = cv2.GaussianBlur(img, (0, 0), sigmaX=float(sigma), borderType=4)
+    assert edge_step(gauss) < 0.5 * edge_step(out), (sigma, edge_step(gauss), edge_step(out))

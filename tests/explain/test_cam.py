@@ -77,12 +77,56 @@ def test_target_layer_default_and_errors():
         target_layer(m, "head_gap")
 
 
-@pytest.mark.parametrize("name", ["resnet18", "squeezenet"])
-def test_auto_layer_is_the_registered_cam_layer(name):
-    m = build_model(name, num_classes=3, image_size=S, head="gap", freeze_until=0)
-    assert target_layer(m) == m.cam_layer
-    cams = Explainer(m, "gradcam")(np.random.default_rng(0).random((2, S, S, 1)).astype("float32"))
-    assert cams.shape == (2, S, S) and np.isfinite(cams).all()
+# Every registered zoo family that builds small and fast: (backbone, image size, CAM grid side).
+# CNNs at 64 px keep a >1x1 final map (stride 32: 2x2; SqueezeNet 3x3); vit_tiny has 8x8
+# patches (8x8 token grid), hybrid_tiny a stride-8 CNN (8x8 grid); the d2w4 UNet encoder
+# pools twice (16x16 bottleneck).
+ZOO_CAM = [("tiny_cnn", 32, 8), ("resnet18", 64, 2), ("squeezenet", 64, 3), ("mobilenet", 64, 2),
+           ("mobilenet_v2", 64, 2), ("resnet50", 64, 2), ("densenet121", 64, 2),
+           ("unet_cbam_encoder_d2w4", 64, 16), ("vit_tiny", 64, 8), ("hybrid_tiny", 64, 8)]
+
+
+def test_zoo_cam_list_covers_the_small_registered_families():
+    from cxr_tf.models import get_backbone, list_backbones
+
+    names = {n for n, _, _ in ZOO_CAM}
+    # the big presets (and the d4w32 UNet default) are the same builders at sizes too slow here
+    assert set(list_backbones()) - names == {"hybrid_resnet50", "vit_small", "vit_b16", "unet_cbam_encoder"}
+    assert all(get_backbone(n).cam_layer for n in names)
+
+
+@pytest.mark.parametrize("name,size,grid", ZOO_CAM)
+def test_auto_layer_is_the_registered_cam_layer(name, size, grid):
+    from cxr_tf.models import get_backbone
+
+    m = build_model(name, num_classes=3, image_size=size, head="gap", freeze_until=0)
+    registered = get_backbone(name).cam_layer
+    assert m.cam_layer == registered
+    assert target_layer(m) == registered
+    # a 4D map (for ViTs: the tokens reshaped to their grid) on the expected grid
+    assert tuple(m.get_layer(registered).output.shape[1:3]) == (grid, grid)
+    ex = Explainer(m, "gradcam")
+    assert ex.layer == registered
+    cams = ex(np.random.default_rng(0).random((2, size, size, 1)).astype("float32"))
+    assert cams.shape == (2, size, size) and np.isfinite(cams).all()
+    assert cams.min() >= 0 and cams.max() <= 1
+
+
+def test_auto_layer_prefers_the_registered_layer_over_the_last_4d_one():
+    m = build_model("tiny_cnn", num_classes=2, image_size=S, head="gap", freeze_until=0)
+    assert target_layer(m) == "block3_relu"
+    m.cam_layer = "block2_conv"  # registered layer is not the last 4D layer
+    assert target_layer(m) == "block2_conv"
+    assert Explainer(m, "gradcam").layer == "block2_conv"
+    # a plain functional model (no cam_layer) falls back to its last 4D layer
+    inp = keras.Input((S, S, 1))
+    a = keras.layers.Conv2D(2, 3, name="c1")(inp)
+    b = keras.layers.Conv2D(2, 3, name="c2")(a)
+    out = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(b))
+    plain = keras.Model(inp, out)
+    assert target_layer(plain) == "c2"
+    with pytest.raises(CXRModelError, match=r"no layer named 'c9'.*\['c1', 'c2'\]"):
+        target_layer(plain, "c9")
 
 
 def test_border_mass():
@@ -125,3 +169,56 @@ def test_explain_cli_on_export_dir_and_files(tmp_path, trained):
     assert cli(["explain", "--model", str(tmp_path / "missing"), files[0]]) == 2
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert cli(["explain", "--model", str(export), str(tmp_path / "bad.png"), "--out", str(out)]) == 2
+
+
+def write_dicom(path, pixels: np.ndarray) -> None:
+    """A minimal valid uncompressed MONOCHROME2 CR DICOM (Explicit VR LE) holding uint16 ``pixels``."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.ascontiguousarray(pixels, np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CR", "EXPLAIN-TEST"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_explain_cli_on_a_dicom(tmp_path, trained):
+    """A DICOM input (always generated here, never an optional file) gets its overlay; it holds
+    the same pixels as a PNG (16-bit, x257), so per-image scaling makes both the same input."""
+    import pandas as pd
+    import pydicom
+    from PIL import Image
+
+    from cxr_tf.cli import main as cli
+
+    m, x, _, _ = trained
+    export = tmp_path / "model.keras"
+    m.save(export)
+    u8 = (x[0, ..., 0] * 255).astype("uint8")
+    png, dcm = tmp_path / "ref.png", tmp_path / "scan.dcm"
+    Image.fromarray(u8).save(png)
+    write_dicom(dcm, u8.astype(np.uint16) * 257)
+    assert pydicom.dcmread(dcm).pixel_array.max() == int(u8.max()) * 257  # a real DICOM file
+    out = tmp_path / "out"
+    assert cli(["explain", "--model", str(export), str(png), str(dcm), "--out", str(out)]) == 0
+    overlay = out / "scan_gradcam_overlay.png"
+    assert overlay.is_file()
+    im = np.asarray(Image.open(overlay))
+    assert im.shape == (S, S, 3) and im.std() > 0
+    for kind in ("image", "heatmap", "overlay"):
+        a = np.asarray(Image.open(out / f"scan_gradcam_{kind}.png"), float)
+        b = np.asarray(Image.open(out / f"ref_gradcam_{kind}.png"), float)
+        assert np.abs(a - b).max() <= 1, kind  # the DICOM decodes to the PNG's image
+    t = pd.read_csv(out / "explanations.csv")
+    assert list(t["file"]) == [str(png), str(dcm)]
+    np.testing.assert_allclose(t.loc[1, ["p_background", "p_top_left"]].astype(float),
+                               t.loc[0, ["p_background", "p_top_left"]].astype(float), atol=1e-5)

@@ -107,13 +107,24 @@ def test_rater_isolation(app, tokens):
     assert c.post("/api/answer", headers=ha, json={"item": a_item, "choice": "left"}).status_code == 201
     assert c.get("/api/answers", headers=hb).get_json() == {"rater": "bob", "answers": []}
     assert c.get("/api/last", headers=hb).get_json()["item"] is None
-    # bob cannot touch alice's answer: a revise on her item is his own (non-current) item -> refused
-    r = c.post("/api/answer", headers=hb, json={"item": a_item, "choice": "right", "revise": True})
-    assert r.status_code in (201, 409)
     alice = next(x for x in svc.store.raters() if x.name == "alice")
     bob = next(x for x in svc.store.raters() if x.name == "bob")
+    # seeds 1 and 2 shuffle the 3 2AFC items alike, so alice's first item is bob's current one too
+    assert svc.order(bob)[0] == svc.order(alice)[0] == a_item
+    # bob cannot touch alice's answer: his "revise" on her item is his own first answer to it
+    # (revise has nothing to change yet) -> 201 created, in his rows only
+    r = c.post("/api/answer", headers=hb, json={"item": a_item, "choice": "right", "revise": True})
+    assert r.status_code == 201 and r.get_json()["status"] == "created"
     assert svc.store.answers(alice.id) == {a_item: svc.shown(alice, a_item).answer_for("left")}
-    assert set(svc.store.answers(bob.id)) <= {a_item}
+    assert svc.store.answers(bob.id) == {a_item: svc.shown(bob, a_item).answer_for("right")}
+    # his revise changes his latest answer, never hers
+    r = c.post("/api/answer", headers=hb, json={"item": a_item, "choice": "left", "revise": True})
+    assert r.status_code == 200 and r.get_json()["status"] == "revised"
+    assert c.get("/api/answers", headers=hb).get_json()["answers"] == [{"item": a_item, "choice": "left"}]
+    assert svc.store.answers(alice.id) == {a_item: svc.shown(alice, a_item).answer_for("left")}
+    # an item that is not bob's current one is refused with 409 and records nothing
+    r = c.post("/api/answer", headers=hb, json={"item": svc.order(bob)[2], "choice": "left"})
+    assert r.status_code == 409 and set(svc.store.answers(bob.id)) == {a_item}
     assert c.get("/api/answers", headers=ha).get_json()["answers"] == [{"item": a_item, "choice": "left"}]
 
 

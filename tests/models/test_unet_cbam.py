@@ -81,3 +81,54 @@ def test_registry_family():
     spec = get_backbone("unet_cbam_encoder_d3w16")
     assert spec.channels == 1 and spec.input_mode == "unit"
     assert get_backbone("unet_cbam_encoder").name == "unet_cbam_encoder"
+
+
+def _ssl_classifier(**kw):
+    return build_model("unet_cbam_encoder_d2w4", num_classes=2, image_size=32, head="fc8", freeze_until=0,
+                       class_names=["normal", "covid"], **kw)
+
+
+def test_ssl_encoder_classifier_parameter_count_by_hand():
+    # unet_cbam_encoder_d2w4 on 1-channel input: widths 4, 8 and bottleneck 16; every
+    # 3x3 conv is bias-free, every BN has gamma, beta (trainable) + mean, var (not).
+    #   enc1:       3*3*1*4 = 36     + 3*3*4*4 = 144       BN 2 * 4*4  = 32
+    #   enc2:       3*3*4*8 = 288    + 3*3*8*8 = 576       BN 2 * 4*8  = 64
+    #   bottleneck: 3*3*8*16 = 1152  + 3*3*16*16 = 2304    BN 2 * 4*16 = 128
+    #   convs: 36+144+288+576+1152+2304 = 4500; BN: 32+64+128 = 224 (112 trainable, 112 not)
+    #   head fc8: GAP(16) -> Dense 8: 16*8+8 = 136 -> Dense 2: 8*2+2 = 18; head = 154
+    #   trainable = 4500 + 112 + 154 = 4766; non-trainable = 112; total = 4878
+    m = _ssl_classifier()
+    assert m.parameter_counts() == {"trainable": 4766, "non_trainable": 112, "total": 4878}
+    assert m.count_params() == 4878
+    m.set_freeze(-1)  # frozen encoder: only the head trains
+    assert m.parameter_counts() == {"trainable": 154, "non_trainable": 4724, "total": 4878}
+
+
+def test_ssl_encoder_classifier_keras_round_trip(unet, tmp_path):
+    from cxr_tf.models import CXRClassifier
+
+    folder = unet.save_encoder(tmp_path / "ssl")
+    keras.utils.set_random_seed(3)
+    m = build_model("unet_cbam_encoder", weights=f"ssl:{folder}", num_classes=2, image_size=32, head="fc8",
+                    freeze_until=0, class_names=["normal", "covid"], bn_momentum=0.5)
+    rng = np.random.default_rng(4)
+    x = rng.random((8, 32, 32, 1)).astype(np.float32)
+    m.compile(keras.optimizers.SGD(0.1), "categorical_crossentropy")
+    m.fit(x, np.eye(2)[np.arange(8) % 2], epochs=1, batch_size=4, verbose=0)  # non-initial BN statistics
+    assert not np.allclose(m.get_layer("enc1_bn1").moving_mean.numpy(), 0.0)
+    p = m.predict(x, verbose=0)
+    m.save(tmp_path / "clf.keras")
+    import shutil
+
+    shutil.rmtree(folder)  # the .keras file is self-contained: loading never re-reads the SSL artifact
+    back = keras.saving.load_model(tmp_path / "clf.keras")
+    assert isinstance(back, CXRClassifier)
+    assert back.backbone == "unet_cbam_encoder_d2w4" and back.cam_layer == "bottleneck_relu2"
+    # from_config drops the weights source (weights come from the file, never a reload)
+    assert m.get_config()["weights"] == f"ssl:{folder}" and back.get_config()["weights"] is None
+    assert back.get_config() == {**m.get_config(), "weights": None}
+    assert back.class_names == ["normal", "covid"] and back.bn_momentum == 0.5
+    assert back.parameter_counts() == m.parameter_counts()
+    np.testing.assert_allclose(back.predict(x, verbose=0), p, atol=1e-6)
+    for a, b in zip(m.get_weights(), back.get_weights()):
+        np.testing.assert_array_equal(a, b)
