@@ -24,6 +24,15 @@ Commands::
     python -m cxr_tf.experiments.chexpert_noisy --study noise --chexpert-csv $CXR_DATA_DIR/chexpert_labels/chexpert_train.csv.gz
     # CheXpert public layout
     python -m cxr_tf.experiments.chexpert_noisy --study compare --data-dir /data/chexpert --image-size 224 --epochs 3
+    # per-label choices: U-policy, blank as mask or 0 and the blank weight; U-LSR over a range
+    python -m cxr_tf.experiments.chexpert_noisy --study compare --data-dir /data/chexpert \
+        --base-policy "default=ignore,Atelectasis=ones,Edema=ones" --blank "default=zero,Fracture=mask" \
+        --blank-weight "default=1.0,No Finding=0.2" --lsr-low 0.55 --lsr-high 0.85
+
+U-LSR's target is the constant 0.5 by default (``--lsr-low 0.5 --lsr-high 0.5``, SPEC S1); a range
+draws it per entry. With the hierarchy and relabelling together, children are relabelled with the
+model's conditional outputs ``P(child | parent)`` (what they were trained on), parents and the
+other labels with their marginals.
 
 Writes ``runs/chexpert_noisy/<UTC timestamp>/``: ``config.json``, ``splits.csv``,
 ``results_<study>.csv`` / ``.md`` (per-label AUCs with CIs, mean AUC with CI), ``metrics.json``.
@@ -31,9 +40,9 @@ Writes ``runs/chexpert_noisy/<UTC timestamp>/``: ``config.json``, ``splits.csv``
 Results (2-core CPU VM, one core; NIH nih1000_64: 800 real images at 64 px, 221 patients,
 8 epochs from scratch), details in ``experiments/results/chexpert_noisy.md``:
 
-* ``--study noise --epochs 8`` (706 s): test mean AUC over 10 labels 0.50-0.60 for every method;
+* ``--study noise --epochs 8 --lsr-low 0.55 --lsr-high 0.85`` (706 s): test mean AUC over 10 labels 0.50-0.60 for every method;
   no paired difference to U-Ignore excludes 0 (U-LSR +0.045 [-0.011, +0.100] is the largest).
-* ``--study compare --epochs 8`` (1,198 s): ResNet50 0.519, ViT 0.540, hybrid 0.504; all ideas
+* ``--study compare --epochs 8 --lsr-low 0.55 --lsr-high 0.85`` (1,198 s): ResNet50 0.519, ViT 0.540, hybrid 0.504; all ideas
   within +-0.03 of ResNet50 with CIs spanning 0. At this scale every model is near chance.
 """
 from __future__ import annotations
@@ -66,11 +75,11 @@ class ChexpertNoisyConfig(TrainConfig):
     models: str = "resnet50,vit_tiny,hybrid_tiny"
     hybrid: str = "hybrid_tiny"  # the model the ideas are added to
     methods: str = "default"  # comma list; "default" = the study's list
-    base_policy: str = "ignore"  # U-policy of the model rows and of the idea rows
-    lsr_low: float = 0.55
-    lsr_high: float = 0.85
-    blank: str = "mask"  # mask | zero
-    blank_weight: float = 1.0
+    base_policy: str = "ignore"  # U-policy of the model rows and of the idea rows (or "default=ignore,Edema=ones")
+    lsr_low: float = 0.5  # U-LSR target range; low == high (default 0.5) is that constant (SPEC S1);
+    lsr_high: float = 0.5  # e.g. 0.55 / 0.85 draws it per entry from Pham et al.'s range
+    blank: str = "mask"  # mask | zero, or per label: "default=mask,Edema=zero"
+    blank_weight: str = "1.0"  # weight of a blank treated as 0, or per label: "default=1.0,No Finding=0.2"
     mixup_alpha: float = 0.2
     mentor_weight: float = 0.5  # weight of samples above the MentorNet threshold
     relabel_epochs: int = 3
@@ -106,6 +115,39 @@ class ChexpertNoisyConfig(TrainConfig):
             raise CXRConfigError(f"--study must be compare or noise; got {self.study!r}")
         if not 0 <= self.flip_rate < 0.5:
             raise CXRConfigError(f"--flip-rate must be in [0, 0.5); got {self.flip_rate}")
+        # syntax and values now; label names are checked once the data is loaded (check_labels)
+        self.uncertainty_policy(self.base_policy)
+
+    def uncertainty_policy(self, policy: str):
+        """The :class:`UncertaintyPolicy` of a row with U-policy ``policy`` and this config's
+        LSR range and (per-label) blank handling; ``CXRConfigError`` on a malformed option."""
+        from cxr_tf.training.uncertainty import UncertaintyPolicy, parse_blank, parse_blank_weight, parse_policy
+
+        def flag(name, fn, v):
+            try:
+                return fn(v)
+            except CXRConfigError as e:
+                raise CXRConfigError(f"--{name}: {e}") from None
+
+        if not 0.0 <= self.lsr_low <= self.lsr_high <= 1.0:
+            raise CXRConfigError(f"--lsr-low/--lsr-high must satisfy 0 <= low <= high <= 1; got "
+                                 f"{self.lsr_low}, {self.lsr_high}")
+        return UncertaintyPolicy(uncertain=flag("base-policy", parse_policy, policy),
+                                 lsr_range=(self.lsr_low, self.lsr_high),
+                                 blank=flag("blank", parse_blank, self.blank),
+                                 blank_weight=flag("blank-weight", parse_blank_weight, self.blank_weight),
+                                 seed=self.seed)
+
+    def check_labels(self, names) -> None:
+        """Per-label options (``--base-policy``, ``--blank``, ``--blank-weight``) name real labels."""
+        from cxr_tf.training.uncertainty import UncertaintyPolicy
+
+        pol = self.uncertainty_policy(self.base_policy)
+        for flag, field in (("base-policy", "uncertain"), ("blank", "blank"), ("blank-weight", "blank_weight")):
+            try:
+                UncertaintyPolicy(**{field: getattr(pol, field)}).resolve(names)
+            except CXRConfigError as e:
+                raise CXRConfigError(f"--{flag}: {e}") from None
 
 
 # ------------------------------------------------------------------------------ data
@@ -248,23 +290,23 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
         conditional_weights, derive_parent_labels, freeze_all_but, hierarchical_probabilities, make_masked_mixup,
         relabel,
     )
-    from cxr_tf.training.uncertainty import UncertaintyPolicy, pack, parse_policy
+    from cxr_tf.training.uncertainty import pack
 
     keras.utils.set_random_seed(cfg.seed)
     tr, va, te = idx
     raw = derive_parent_labels(raw_train, names, hierarchy) if method.hierarchy else raw_train
-    pol = UncertaintyPolicy(uncertain=parse_policy(method.policy), lsr_range=(cfg.lsr_low, cfg.lsr_high), blank=cfg.blank,
-                            blank_weight=cfg.blank_weight, seed=cfg.seed)
-    t, w = pol.apply(raw, names)
+    t, w = cfg.uncertainty_policy(method.policy).apply(raw, names)
     if method.hierarchy:
         w = conditional_weights(t, w, names, hierarchy)
     model = build_model(method.model, num_classes=len(names), image_size=cfg.image_size, head="gap",
                         freeze_until=0, multilabel=True, class_names=list(names), bn_momentum=cfg.bn_momentum)
     loss = MentorNetBinaryCrossentropy(method.mentor, cfg.mentor_weight) if method.mentor else MaskedBinaryCrossentropy()
 
-    def predict(split_idx):
+    def predict(split_idx, raw_outputs=False):
+        """Marginal probabilities; ``raw_outputs``: the model's outputs as they are (with the
+        hierarchy: ``P(child | parent)`` for children, before consistent inference)."""
         p = np.asarray(model.predict(x[split_idx], batch_size=128, verbose=0))
-        return hierarchical_probabilities(p, names, hierarchy) if method.hierarchy else p
+        return hierarchical_probabilities(p, names, hierarchy) if method.hierarchy and not raw_outputs else p
 
     def fit(targets, weights, epochs, lr):
         steps = max(1, len(tr) // cfg.batch_size)
@@ -289,8 +331,15 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
     best, hist = fit(t, w, cfg.epochs, cfg.lr)
     info = {"val_mean_auc": best, "history": hist, "parameters": model.parameter_counts()}
     if method.relabel:
-        p_train = predict(tr)
-        t2, w2, counts = relabel(raw, t, w, p_train, confident=cfg.relabel_confident)
+        out_train = predict(tr, raw_outputs=True)
+        if method.hierarchy:
+            # children were trained on P(child | parent): relabel them with those outputs,
+            # parents and the other labels with their marginals
+            p_train = hierarchical_probabilities(out_train, names, hierarchy)
+            t2, w2, counts = relabel(raw, t, w, p_train, confident=cfg.relabel_confident, hierarchy=hierarchy,
+                                     names=names, conditional_probs=out_train)
+        else:
+            t2, w2, counts = relabel(raw, t, w, out_train, confident=cfg.relabel_confident)
         if method.hierarchy:
             w2 = conditional_weights(t2, w2, names, hierarchy)
         n_train = freeze_all_but(model)
@@ -391,6 +440,7 @@ def run(cfg: ChexpertNoisyConfig) -> dict:
     if cfg.max_images and len(ds) > cfg.max_images:
         ds = ds.subset(np.random.default_rng(cfg.seed).choice(len(ds), cfg.max_images, replace=False))
     names = ds.class_names
+    cfg.check_labels(names)  # per-label --base-policy / --blank / --blank-weight name real labels
     fr = common.parse_split(cfg.split)
     split = patient_split(ds, fr, seed=cfg.seed)
     save_splits(run_dir / "splits.csv", ds, split)

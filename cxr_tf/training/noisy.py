@@ -136,7 +136,9 @@ def make_masked_mixup(alpha: float = 0.2, seed: int | None = None):
 
 # ------------------------------------------------------------------- relabelling
 def relabel(raw_labels: np.ndarray, targets: np.ndarray, weights: np.ndarray, probs: np.ndarray,
-            confident: float = 0.9) -> tuple[np.ndarray, np.ndarray, dict]:
+            confident: float = 0.9, *, hierarchy: Mapping[str, str] | None = None,
+            names: Sequence[str] | None = None,
+            conditional_probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Regenerate training labels with the best model (seed 001's relabelling).
 
     * uncertain (``-1``) entries take the model's probability as a soft target, weight 1;
@@ -144,13 +146,34 @@ def relabel(raw_labels: np.ndarray, targets: np.ndarray, weights: np.ndarray, pr
       ``p < 1 - confident`` for a 1) are flipped;
     * blank entries keep what the policy gave them.
 
+    With the disease hierarchy (conditional training), a child's target is ``P(child | parent)``,
+    not its marginal: pass ``hierarchy`` (child -> parent), ``names`` and ``conditional_probs``,
+    the model's raw outputs before consistent inference. Child columns are then soft-filled and
+    checked for flips with ``conditional_probs``; parents and labels outside the hierarchy use
+    ``probs`` (their marginals). Re-apply :func:`conditional_weights` to the result.
+
     Returns:
         ``(targets, weights, counts)`` with counts of soft-filled and flipped entries.
     """
     if not 0.5 < confident < 1.0:
         raise CXRConfigError(f"confident must be in (0.5, 1); received {confident}")
     y = np.asarray(raw_labels, np.float32)
-    p = np.asarray(probs, np.float32)
+    p = np.array(probs, np.float32, copy=True)
+    if p.shape != y.shape:
+        raise CXRConfigError(f"probs {p.shape} do not match labels {y.shape}")
+    if hierarchy:
+        if names is None or conditional_probs is None:
+            raise CXRConfigError("relabel with a hierarchy needs names= and conditional_probs= (the raw "
+                                 "P(child | parent) outputs)")
+        pc = np.asarray(conditional_probs, np.float32)
+        if pc.shape != y.shape or len(names) != y.shape[1]:
+            raise CXRConfigError(f"conditional_probs {pc.shape} / {len(names)} names do not match labels {y.shape}")
+        names = list(names)
+        unknown = [c for c in hierarchy if c not in names or hierarchy[c] not in names]
+        if unknown:
+            raise CXRConfigError(f"hierarchy entries {unknown} are not among the labels {names}")
+        children = [names.index(c) for c in hierarchy]
+        p[:, children] = pc[:, children]
     t, w = np.array(targets, np.float32, copy=True), np.array(weights, np.float32, copy=True)
     unc = y == -1
     t[unc], w[unc] = p[unc], 1.0

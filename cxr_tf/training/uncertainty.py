@@ -9,15 +9,19 @@ Policies for ``-1`` (Irvin et al. 2019, CheXpert, Sec. 4; LSR as in Pham et al. 
 * ``ignore`` (U-Ignore): weight 0;
 * ``zeros`` (U-Zeros): target 0;
 * ``ones`` (U-Ones): target 1;
-* ``lsr`` (label smoothing): a soft target; ``lsr_range=(0.55, 0.85)`` draws it
-  uniformly per entry once (the range of Pham et al. for U-Ones+LSR), ``(0.5, 0.5)``
-  is the constant 0.5 of the seed.
+* ``lsr`` (label smoothing, U-LSR): a soft target. The default ``lsr_range=(0.5, 0.5)``
+  is the constant 0.5 of the seed (SPEC S1); a range such as ``(0.55, 0.85)`` (Pham et
+  al.'s U-Ones+LSR) draws the target uniformly per entry, once (seeded).
 
 Blank (not mentioned): ``blank="mask"`` (weight 0) or ``blank="zero"`` (target 0 with
 weight ``blank_weight``, per label if a dict/list: the radiology report did not mention
 it, which usually means absent, but less surely than an explicit negative).
 
-Every option takes one value or a per-label choice ``{label: value}``.
+Every option takes one value or a per-label choice ``{label: value}`` (labels not named take
+``"default"``). On the command line the same choices are strings, parsed by
+:func:`parse_policy`, :func:`parse_blank` and :func:`parse_blank_weight`:
+``"lsr"`` / ``"default=ignore,Edema=ones"``, ``"mask"`` / ``"default=mask,Edema=zero"``,
+``"1.0"`` / ``"default=1.0,No Finding=0.2"``.
 """
 from __future__ import annotations
 
@@ -54,14 +58,60 @@ def _per_label(value, names: Sequence[str], what: str, allowed=None):
     return out
 
 
-def parse_policy(spec: str) -> str | dict[str, str]:
-    """CLI form: ``"lsr"`` or ``"default=ignore,Atelectasis=ones,Edema=ones"``."""
+def _parse_per_label(spec, what: str, allowed=None, convert=None):
+    """``"v"`` -> ``v``; ``"default=v,Label=w"`` -> ``{"default": v, "Label": w}`` (values
+    checked against ``allowed`` / converted with ``convert``; a ``CXRConfigError`` otherwise)."""
+    if not isinstance(spec, str):
+        return spec  # already a value or a mapping (library use)
+
+    def value(v: str, label: str | None):
+        where = f" for {label!r}" if label else ""
+        if allowed is not None and v not in allowed:
+            raise CXRConfigError(f"{what}: {v!r}{where} is not one of {list(allowed)}")
+        if convert is not None:
+            try:
+                return convert(v)
+            except ValueError:
+                raise CXRConfigError(f"{what}: {v!r}{where} is not a number") from None
+        return v
+
+    spec = spec.strip()
     if "=" not in spec:
-        return spec
+        if "," in spec:
+            raise CXRConfigError(f"{what}: {spec!r}: give one value or 'label=value,...' (e.g. 'default=...')")
+        return value(spec, None)
     out = {}
     for part in spec.split(","):
-        k, _, v = part.partition("=")
-        out[k.strip()] = v.strip()
+        if not part.strip():
+            continue
+        k, eq, v = part.partition("=")
+        k, v = k.strip(), v.strip()
+        if not eq or not k or not v:
+            raise CXRConfigError(f"{what}: {part.strip()!r} in {spec!r} is not 'label=value'")
+        if k in out:
+            raise CXRConfigError(f"{what}: label {k!r} given twice in {spec!r}")
+        out[k] = value(v, k)
+    return out
+
+
+def parse_policy(spec: str) -> str | dict[str, str]:
+    """CLI form: ``"lsr"`` or ``"default=ignore,Atelectasis=ones,Edema=ones"``."""
+    return _parse_per_label(spec, "uncertain policy", POLICIES)
+
+
+def parse_blank(spec: str) -> str | dict[str, str]:
+    """CLI form: ``"mask"``, ``"zero"`` or ``"default=mask,Edema=zero"``."""
+    return _parse_per_label(spec, "blank", BLANK)
+
+
+def parse_blank_weight(spec) -> float | dict[str, float]:
+    """CLI form: ``"1.0"`` or ``"default=1.0,No Finding=0.2"`` (weights >= 0)."""
+    if isinstance(spec, (int, float)):
+        spec = str(spec)
+    out = _parse_per_label(spec, "blank_weight", convert=float)
+    for k, v in (out.items() if isinstance(out, Mapping) else [(None, out)]):
+        if not np.isfinite(v) or v < 0:
+            raise CXRConfigError(f"blank_weight{f' for {k!r}' if k else ''} must be a number >= 0; got {v}")
     return out
 
 
@@ -71,14 +121,15 @@ class UncertaintyPolicy:
 
     Args:
         uncertain: ``ignore`` | ``zeros`` | ``ones`` | ``lsr``, or ``{label: policy, "default": ...}``.
-        lsr_range: ``(low, high)`` for ``lsr``: per-entry uniform draw (``low == high``: constant).
+        lsr_range: ``(low, high)`` for ``lsr``: per-entry uniform draw; ``low == high`` (the
+            default ``(0.5, 0.5)``) is that constant.
         blank: ``mask`` | ``zero`` (or per label).
         blank_weight: weight of a blank treated as 0 (one number or per label).
         seed: for the LSR draws (fixed, so the same labels give the same targets).
     """
 
     uncertain: str | dict = "ignore"
-    lsr_range: tuple[float, float] = (0.55, 0.85)
+    lsr_range: tuple[float, float] = (0.5, 0.5)
     blank: str | dict = "mask"
     blank_weight: float | dict | list = 1.0
     seed: int = 0
@@ -87,6 +138,16 @@ class UncertaintyPolicy:
         lo, hi = self.lsr_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise CXRConfigError(f"lsr_range must satisfy 0 <= low <= high <= 1; got {self.lsr_range}")
+
+    def resolve(self, names: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+        """Per-label ``(uncertain policies, blank choices, blank weights)`` for ``names``;
+        raises ``CXRConfigError`` on unknown labels, missing defaults or bad values."""
+        unc = _per_label(self.uncertain, names, "uncertain policy", POLICIES)
+        blank = _per_label(self.blank, names, "blank", BLANK)
+        bw = np.asarray(_per_label(self.blank_weight, names, "blank_weight"), np.float32)
+        if not (bw >= 0).all():
+            raise CXRConfigError(f"blank_weight must be >= 0; got {bw.tolist()}")
+        return unc, blank, bw
 
     def apply(self, labels: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``labels`` (N, L) in {1, 0, -1, NaN} -> ``(targets, weights)``, both float32 (N, L).
@@ -99,11 +160,7 @@ class UncertaintyPolicy:
         known = ~np.isnan(y)
         if not np.isin(y[known], (-1.0, 0.0, 1.0)).all():
             raise CXRConfigError("raw labels must be 1, 0, -1 or NaN")
-        unc = _per_label(self.uncertain, names, "uncertain policy", POLICIES)
-        blank = _per_label(self.blank, names, "blank", BLANK)
-        bw = np.asarray(_per_label(self.blank_weight, names, "blank_weight"), np.float32)
-        if (bw < 0).any():
-            raise CXRConfigError(f"blank_weight must be >= 0; got {bw.tolist()}")
+        unc, blank, bw = self.resolve(names)
         t = np.where(known & (y == 1), 1.0, 0.0).astype(np.float32)
         w = np.where(known & (y >= 0), 1.0, 0.0).astype(np.float32)
         rng = np.random.default_rng(self.seed)

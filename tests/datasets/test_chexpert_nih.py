@@ -52,6 +52,31 @@ def test_chexpert_loader_on_real_train_csv(chexpert_csv, tmp_path):
     assert len(both) == len(picks) + len(lateral)
 
 
+@pytest.mark.slow
+def test_chexpert_loader_finds_real_train_csv_from_root(chexpert_csv, tmp_path):
+    """The real train.csv at <root>/CheXpert-v1.0-small/train.csv, found from the root alone."""
+    d = tmp_path / "CheXpert-v1.0-small"
+    d.mkdir()
+    with gzip.open(chexpert_csv, "rb") as src, open(d / "train.csv", "wb") as dst:
+        dst.write(src.read())
+    df = pd.read_csv(d / "train.csv")
+    assert len(df) == 223414  # the whole real CSV, uncompressed
+    picks = df.iloc[[0, 3, 8, 100, 2000, 150000, 223413]]
+    _materialise(tmp_path, list(picks["Path"]))
+    with pytest.raises(CXRDatasetError, match="not on disk"):
+        load_chexpert(tmp_path)
+    for root in (tmp_path, d):  # the parent or the dataset folder itself
+        ds = load_chexpert(root, missing="drop", views="all")
+        assert len(ds) == len(picks) and ds.class_names == CHEXPERT_LABELS
+        assert list(ds.meta["path"]) == list(picks["Path"])
+        assert all(str(tmp_path / p) == i for p, i in zip(picks["Path"], ds.items))
+        ref = picks[CHEXPERT_LABELS].to_numpy(np.float32)
+        np.testing.assert_array_equal(np.nan_to_num(ds.labels, nan=9), np.nan_to_num(ref, nan=9))
+        assert len(ds.skipped) == len(df) - len(picks)
+    front = load_chexpert(tmp_path, missing="drop")  # default views="frontal"
+    assert len(front) == int((picks["Frontal/Lateral"] == "Frontal").sum()) and set(front.meta["view"]) == {"frontal"}
+
+
 def test_chexpert_public_layout_and_errors(tmp_path):
     d = tmp_path / "CheXpert-v1.0-small"
     d.mkdir()

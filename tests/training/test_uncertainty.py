@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from cxr_tf.errors import CXRConfigError
-from cxr_tf.training.uncertainty import UncertaintyPolicy, pack, parse_policy, unpack
+from cxr_tf.training.uncertainty import (
+    UncertaintyPolicy, pack, parse_blank, parse_blank_weight, parse_policy, unpack,
+)
 
 N = np.nan
 NAMES = ["A", "B", "C"]
@@ -20,14 +22,19 @@ def test_basic_policies(policy, t_unc, w_unc):
     assert np.all(w[np.isnan(RAW)] == 0)
 
 
-def test_lsr_range_and_constant():
+def test_lsr_default_constant_and_range_option():
     raw = np.full((500, 3), -1, np.float32)
+    raw[0, 0] = 1.0
+    assert UncertaintyPolicy().lsr_range == (0.5, 0.5)  # SPEC S1: smoothed to 0.5 by default
     t, w = UncertaintyPolicy(uncertain="lsr").apply(raw, NAMES)
-    assert t.min() >= 0.55 and t.max() <= 0.85 and t.std() > 0.05 and np.all(w == 1)
-    t2, _ = UncertaintyPolicy(uncertain="lsr").apply(raw, NAMES)
-    assert np.array_equal(t, t2)  # seeded: same labels, same targets
-    t3, _ = UncertaintyPolicy(uncertain="lsr", lsr_range=(0.5, 0.5)).apply(raw, NAMES)
-    assert np.all(t3 == 0.5)
+    assert t[0, 0] == 1.0 and np.all(t[raw == -1] == 0.5) and np.all(w == 1)
+    # Pham et al.'s range: per-entry uniform draws, seeded
+    t2, _ = UncertaintyPolicy(uncertain="lsr", lsr_range=(0.55, 0.85)).apply(raw, NAMES)
+    u = t2[raw == -1]
+    assert u.min() >= 0.55 and u.max() <= 0.85 and u.std() > 0.05
+    t3, _ = UncertaintyPolicy(uncertain="lsr", lsr_range=(0.55, 0.85)).apply(raw, NAMES)
+    assert np.array_equal(t2, t3)  # same labels, same targets
+    assert "lsr(0.5, 0.5)" in UncertaintyPolicy(uncertain="lsr").describe()
 
 
 def test_per_label_choice_and_blank_weights():
@@ -55,3 +62,45 @@ def test_parse_and_pack_and_errors():
         UncertaintyPolicy(lsr_range=(0.9, 0.1))
     with pytest.raises(CXRConfigError, match="1, 0, -1 or NaN"):
         UncertaintyPolicy().apply(RAW + 2, NAMES)
+
+
+def test_parse_blank_and_blank_weight_per_label():
+    names = ["No Finding", "Edema", "Fracture"]
+    assert parse_blank("mask") == "mask" and parse_blank(" zero ") == "zero"
+    blank = parse_blank("default=mask,Edema=zero")
+    assert blank == {"default": "mask", "Edema": "zero"}
+    assert parse_blank_weight("0.5") == 0.5 and parse_blank_weight(0.25) == 0.25
+    bw = parse_blank_weight("default=1.0,No Finding=0.2")
+    assert bw == {"default": 1.0, "No Finding": 0.2}
+    raw = np.array([[N, N, N], [1, 0, -1]], np.float32)
+    t, w = UncertaintyPolicy(blank=parse_blank("default=zero,Fracture=mask"), blank_weight=bw).apply(raw, names)
+    np.testing.assert_allclose(w[0], [0.2, 1.0, 0.0])  # No Finding blank 0 at 0.2, Edema at 1, Fracture masked
+    assert np.all(t[0] == 0) and np.array_equal(w[1], [1, 1, 0])
+    t, w = UncertaintyPolicy(blank=blank, blank_weight=0.3).apply(raw, names)
+    np.testing.assert_allclose(w[0], [0.0, 0.3, 0.0])  # only Edema's blank is a (weighted) 0
+
+
+@pytest.mark.parametrize("fn, spec, match", [
+    (parse_blank, "hide", "not one of"),
+    (parse_blank, "default=mask,Edema=0", "'0' for 'Edema' is not one of"),
+    (parse_blank, "mask,zero", "label=value"),
+    (parse_blank, "default=mask,Edema", "not 'label=value'"),
+    (parse_blank, "default=mask,default=zero", "given twice"),
+    (parse_blank_weight, "heavy", "not a number"),
+    (parse_blank_weight, "default=1,Edema=x", "'x' for 'Edema' is not a number"),
+    (parse_blank_weight, "default=1,Edema=-0.5", "must be a number >= 0"),
+    (parse_blank_weight, "nan", "must be a number >= 0"),
+    (parse_policy, "default=ignore,Edema=maybe", "not one of"),
+])
+def test_parse_errors(fn, spec, match):
+    with pytest.raises(CXRConfigError, match=match):
+        fn(spec)
+
+
+def test_unknown_label_in_per_label_blank():
+    for kw in ({"blank": parse_blank("default=mask,Edemaa=zero")},
+               {"blank_weight": parse_blank_weight("default=1,Edemaa=0.2")}):
+        with pytest.raises(CXRConfigError, match=r"unknown labels \['Edemaa'\]"):
+            UncertaintyPolicy(**kw).resolve(["Edema", "Fracture"])
+    with pytest.raises(CXRConfigError, match="no 'default'"):
+        UncertaintyPolicy(blank={"Edema": "zero"}).resolve(["Edema", "Fracture"])
