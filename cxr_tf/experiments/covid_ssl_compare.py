@@ -262,7 +262,8 @@ def run(cfg: CovidCompareConfig) -> dict:
                         "weights": weights or "random"}
         common.log(f"{name}: averaged accuracy {m['averaged_accuracy']:.3f}, macro AUC "
                    f"{m['macro_auc']['value']:.3f}, fit {fit_s:.0f}s, CAM border share "
-                   f"{cam['border_share_mean']:.2f} (uniform {cam['uniform']:.2f})")
+                   f"{cam['border_share_mean']:.2f} (uniform {cam['uniform']:.2f}; CAM grid {cam['cam_grid']}"
+                   + ("" if cam["resolves_border"] else ": too coarse to separate border from centre") + ")")
         del model
         keras.backend.clear_session()
 

@@ -24,10 +24,15 @@ def border_report(model, images, method: str = "gradcam", band: float = 0.1, bat
 
     Returns:
         ``(summary, cams)``: summary has the mean / median border share, the share of a
-        uniform map (``uniform``), the fraction of images above it, ``n``, the method
-        and the target layer.
+        uniform map (``uniform``), the fraction of images above it, ``n``, the method,
+        the target layer, its grid (``cam_grid``, e.g. ``"7x7"``) and ``resolves_border``:
+        False when the grid is under 3 cells on a side, since then every cell touches the
+        image border and the share reflects the upsampling, not where the evidence is
+        (e.g. ResNet at 64 px: a 2x2 grid); use a larger image size for the check.
     """
     ex = Explainer(model, method, layer=layer, max_n=max_n)
+    shape = model.get_layer(ex.layer).output.shape
+    grid = (int(shape[1]), int(shape[2])) if len(shape) == 4 and shape[1] and shape[2] else None
     x = np.asarray(images, np.float32)
     cams = np.concatenate([ex(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     share = border_mass(cams, band)
@@ -39,5 +44,7 @@ def border_report(model, images, method: str = "gradcam", band: float = 0.1, bat
         "border_share_median": float(np.median(ok)) if len(ok) else float("nan"),
         "uniform": uni,
         "fraction_above_uniform": float((ok > uni).mean()) if len(ok) else float("nan"),
+        "cam_grid": f"{grid[0]}x{grid[1]}" if grid else "",
+        "resolves_border": bool(grid and min(grid) >= 3),
     }
     return summary, cams
