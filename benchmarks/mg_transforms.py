@@ -3,7 +3,8 @@
     python -m benchmarks.mg_transforms            # 64 px, batch 16, depth 3, width 16
     python -m benchmarks.mg_transforms --tiny     # 32 px, batch 8, depth 2, width 8 (a quick check)
 
-Both rates are measured in the same process on the same images: the tf.data pipeline
+Both rates are measured in the same process on the same real kermany224 images (generated
+ones when ``CXR_DATA_DIR`` is unset): the tf.data pipeline
 (``cxr_tf.ssl.make_pair_dataset``: all four corruptions, vectorised over the batch) is
 iterated alone, then the restorer trains (``train_on_batch``, 1 - SSIM) on pre-made
 pairs, so neither measurement includes the other. Medians over timed batches after
@@ -25,8 +26,11 @@ def run(args) -> list[Row]:
     import keras
     import numpy as np
 
+    import tempfile
+
+    from benchmarks._common import kermany_folder
     from cxr_tf.data import image_dataset
-    from cxr_tf.datasets.synthetic import make_synthetic_cxr
+    from cxr_tf.datasets import load_kermany
     from cxr_tf.models.unet_cbam import UNetCBAM
     from cxr_tf.ssl import GenesisConfig, make_pair_dataset
     from cxr_tf.ssl.losses import RestorationLoss
@@ -37,7 +41,10 @@ def run(args) -> list[Row]:
     width = args.width or (8 if args.tiny else 16)
     steps = args.steps or (8 if args.tiny else 20)
     keras.utils.set_random_seed(0)
-    ds = make_synthetic_cxr(n=max(4 * batch, 64), image_size=size, seed=0)
+    tmp = tempfile.TemporaryDirectory()
+    # real kermany224 JPEGs when CXR_DATA_DIR has them (else generated ones), decoded once
+    folder, data = kermany_folder(tmp.name, max(4 * batch, 64))
+    ds = load_kermany(folder, classes="3class")
     imgs = image_dataset(ds, size).map(lambda x, y: x).cache()
     for _ in imgs:  # decode once: only the corruption is timed
         pass
@@ -62,7 +69,9 @@ def run(args) -> list[Row]:
         model.train_on_batch(xb, yb)
         t_fit.append(time.perf_counter() - t)
     med_tr, med_fit = statistics.median(t_tr), statistics.median(t_fit)
-    params = {"image_size": size, "batch": batch, "depth": depth, "width": width, "params": model.count_params()}
+    params = {"image_size": size, "batch": batch, "depth": depth, "width": width, "params": model.count_params(),
+              "data": data}
+    tmp.cleanup()
     return [
         Row("Models Genesis corruption (tf.data, 4 transforms)", "images_per_s", batch / med_tr, "img/s",
             repeats=steps, params=params),

@@ -11,8 +11,15 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+COLUMNS = {"timestamp_utc", "benchmark", "mode", "case", "metric", "value", "unit", "target", "meets"}
+
+
 def latest_full(path: Path) -> list[dict]:
-    rows = [r for r in csv.DictReader(open(path, newline="")) if r["mode"] == "full"]
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not COLUMNS <= set(reader.fieldnames or ()):
+            return []  # not a benchmarks CSV (e.g. a hand-made file): nothing to report
+        rows = [r for r in reader if r["mode"] == "full"]
     if not rows:
         return []
     last = max(r["timestamp_utc"] for r in rows)

@@ -86,3 +86,23 @@ def test_benchmark_tiny_mode(name, tmp_path, capsys):
     cases = " | ".join(r["case"] for r in written)
     for want in EXPECTED[name]:
         assert want in cases, (want, cases)
+
+
+def test_report_prints_the_latest_full_run_and_skips_other_csvs(tmp_path, capsys):
+    from benchmarks import report
+    from benchmarks._common import append_csv
+
+    append_csv("demo", [Row("old", "ratio", 1.0, "x", target=">=2")], mode="full", results_dir=tmp_path)
+    append_csv("demo", [Row("tiny only", "ratio", 9.0, "x")], mode="tiny", results_dir=tmp_path)
+    (tmp_path / "handmade.csv").write_text("timestamp,cpu,ratio\n2026-01-01,x,3\n")
+    path = next(tmp_path.glob("demo-*.csv"))
+    rows = list(csv.DictReader(open(path, newline="")))
+    # a second full run, later: only its rows are reported
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writerow({**rows[0], "timestamp_utc": "2099-01-01T00:00:00+00:00", "case": "new", "value": "2.5",
+                    "meets": "yes"})
+    report.main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| new (ratio) | 2.50 x | >=2 | yes |" in out
+    assert "old" not in out and "tiny only" not in out and "handmade" not in out
