@@ -10,12 +10,18 @@ blurs it again). Photometric jitter is applied after, in the same map.
 All randomness of the geometric and photometric parts is stateless and driven by a
 per-batch seed, so one seed gives identical augmented batches on every run.
 
-CXR-sensible extras come from Keras 3's own layers rather than hand-written code
-(no albumentations needed: Keras has an equivalent for each):
+CXR-sensible extras come from Keras 3's own layers where they do the job (no
+albumentations needed):
 
 * ``clahe``: probability of applying CLAHE
   (``keras.layers.ContrastLimitedAdaptiveHistogramEqualization``, clip limit 2);
-* ``elastic``: ``keras.layers.RandomElasticTransform`` scale (small: 0.05-0.1);
+* ``elastic``: a small elastic deformation, :func:`random_elastic` (stateless TF ops):
+  the std of a smooth random displacement field as a fraction of the image side (small:
+  0.01, about 2 px at 224 px). Not ``keras.layers.RandomElasticTransform``: in Keras
+  3.15 it draws dx and dy from the same seed (every pixel moves along the diagonal), a
+  single-float ``factor`` applies it with probability ``U(0, factor)`` (about half the
+  images at 1.0), and below ``scale`` ~0.09 at 224 px (~0.6 at 32 px) its smoothing
+  kernel is one pixel wide, so it jitters pixels instead of deforming the image;
 * ``mixup`` / ``cutmix``: ``keras.layers.MixUp`` alpha / ``keras.layers.CutMix``
   factor, which mix images AND labels across the batch (use
   :func:`apply_policy_with_labels`).
@@ -32,6 +38,8 @@ import math
 
 import numpy as np
 import tensorflow as tf
+
+from cxr_tf.errors import CXRConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +59,10 @@ class AugmentPolicy:
         brightness: additive brightness range (images are in [0, 1]).
         contrast: multiplicative contrast range around the image mean (``1 +- v``).
         gamma: log-uniform gamma range ``exp(U(-v, v))``.
+        clahe: probability per image of CLAHE (Keras layer, clip limit 2, 8x8 tiles).
+        elastic: :func:`random_elastic` displacement std as a fraction of the side.
+        mixup: ``keras.layers.MixUp`` alpha (images and labels mixed).
+        cutmix: ``keras.layers.CutMix`` factor (a box pasted; labels mixed by area).
     """
 
     name: str = "custom"
@@ -115,7 +127,7 @@ EXTRAS: dict[str, dict] = {
     "clahe": {"clahe": 0.5},  # CLAHE on half of the images
     "bc": {"brightness": 0.1, "contrast": 0.2},  # brightness / contrast jitter
     "gamma": {"gamma": 0.3},
-    "elastic": {"elastic": 0.05},  # small elastic deformation
+    "elastic": {"elastic": 0.01},  # small elastic deformation: displacement std 1% of the side
     "mixup": {"mixup": 0.2},
     "cutmix": {"cutmix": 1.0},
     "flip": {"flip_horizontal": True},
@@ -123,7 +135,11 @@ EXTRAS: dict[str, dict] = {
 
 
 def get_policy(policy: str | AugmentPolicy | None) -> AugmentPolicy:
-    """A policy object from a name, ``name+extra+extra``, or an :class:`AugmentPolicy`."""
+    """A policy object from a name, ``name+extra+extra``, or an :class:`AugmentPolicy`.
+
+    An unknown name raises :class:`cxr_tf.errors.CXRConfigError` (a ``ValueError``)
+    listing the named policies and extras.
+    """
     if policy is None or policy == "":
         return POLICIES["none"]
     if isinstance(policy, AugmentPolicy):
@@ -132,12 +148,12 @@ def get_policy(policy: str | AugmentPolicy | None) -> AugmentPolicy:
     if base not in POLICIES and base in EXTRAS:  # "clahe" alone = none + clahe
         base, extras = "none", [base, *extras]
     if base not in POLICIES:
-        raise ValueError(f"unknown augmentation policy {policy!r}; named policies: {sorted(POLICIES)}, "
-                         f"extras (join with +): {sorted(EXTRAS)}")
+        raise CXRConfigError(f"unknown augmentation policy {policy!r}; named policies: {sorted(POLICIES)}, "
+                             f"extras (join with +): {sorted(EXTRAS)}")
     out = POLICIES[base]
     for e in extras:
         if e not in EXTRAS:
-            raise ValueError(f"unknown augmentation extra {e!r} in {policy!r}; extras: {sorted(EXTRAS)}")
+            raise CXRConfigError(f"unknown augmentation extra {e!r} in {policy!r}; extras: {sorted(EXTRAS)}")
         out = dataclasses.replace(out, **EXTRAS[e])
     if extras:
         out = dataclasses.replace(out, name=str(policy))
@@ -153,18 +169,64 @@ def _keras_layers(policy: AugmentPolicy) -> dict:
     if policy.clahe:
         layers["clahe"] = keras.layers.ContrastLimitedAdaptiveHistogramEqualization(
             value_range=(0, 1), clip_limit=2.0, tile_grid_size=(8, 8))
-    if policy.elastic:
-        layers["elastic"] = keras.layers.RandomElasticTransform(
-            factor=1.0, scale=policy.elastic, fill_mode="constant", value_range=(0, 1))
+    layers.update(_mixing_layers(policy))
+    return layers
+
+
+def _mixing_layers(policy: AugmentPolicy, seed: int | None = None) -> dict:
+    """New ``keras.layers.MixUp`` / ``CutMix`` layers of a policy (``seed``: their generator's)."""
+    import keras
+
+    layers = {}
     if policy.mixup:
-        layers["mixup"] = keras.layers.MixUp(alpha=policy.mixup)
+        layers["mixup"] = keras.layers.MixUp(alpha=policy.mixup, seed=seed)
     if policy.cutmix:
-        layers["cutmix"] = keras.layers.CutMix(factor=policy.cutmix)
+        layers["cutmix"] = keras.layers.CutMix(factor=policy.cutmix, seed=seed)
     return layers
 
 
 def _u(seed, shape, v):
     return tf.random.stateless_uniform(shape, seed=seed, minval=-v, maxval=v)
+
+
+def _bilinear_sample(images: tf.Tensor, ys: tf.Tensor, xs: tf.Tensor) -> tf.Tensor:
+    """``images[b, ys, xs]`` for float source coordinates ``(B, H, W)``; bilinear, zero outside."""
+    shape = tf.shape(images)
+    b, h, w, c = shape[0], shape[1], shape[2], shape[3]
+    flat = tf.reshape(images, [-1, c])
+    base = (tf.range(b) * h * w)[:, None, None]
+    y0, x0 = tf.floor(ys), tf.floor(xs)
+    wy, wx = (ys - y0)[..., None], (xs - x0)[..., None]
+    y0, x0 = tf.cast(y0, tf.int32), tf.cast(x0, tf.int32)
+
+    def tap(yi, xi):
+        inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+        idx = base + tf.clip_by_value(yi, 0, h - 1) * w + tf.clip_by_value(xi, 0, w - 1)
+        return tf.gather(flat, idx) * tf.cast(inside, images.dtype)[..., None]
+
+    return ((1 - wy) * ((1 - wx) * tap(y0, x0) + wx * tap(y0, x0 + 1))
+            + wy * ((1 - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)))
+
+
+def random_elastic(images: tf.Tensor, magnitude: float, seed, grid: int = 9) -> tf.Tensor:
+    """A small elastic deformation of a batch ``(B, H, W, C)`` (stateless, one seed ``(2,)``).
+
+    Independent random x and y displacements on a ``grid`` x ``grid`` lattice of control
+    points (std ``magnitude`` x the image side, in pixels), upsampled bicubically to a
+    smooth per-pixel field; the image is resampled bilinearly at the displaced
+    coordinates, clamped to the image (the edge pixels repeat: a displacement of a pixel
+    or two should not draw a dark seam along the border).
+    """
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    side = tf.cast(tf.minimum(h, w), tf.float32)
+    coarse = tf.random.stateless_normal(tf.stack([b, grid, grid, 2]), seed=tf.cast(seed, tf.int64))
+    field = tf.image.resize(coarse, tf.stack([h, w]), method="bicubic") * (magnitude * side)
+    yy, xx = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    ys = tf.clip_by_value(yy[None] + field[..., 1], 0.0, tf.cast(h - 1, tf.float32))
+    xs = tf.clip_by_value(xx[None] + field[..., 0], 0.0, tf.cast(w - 1, tf.float32))
+    out = _bilinear_sample(images, ys, xs)
+    return tf.ensure_shape(out, images.shape)
 
 
 def random_transform_matrices(policy: AugmentPolicy, batch: int | tf.Tensor, height, width, seed) -> tf.Tensor:
@@ -240,7 +302,7 @@ def apply_policy(images: tf.Tensor, policy: AugmentPolicy | str, seed: tf.Tensor
     if policy.keras_image_ops:
         layers = _keras_layers(policy)
         if policy.elastic:
-            images = layers["elastic"](images, training=True)
+            images = random_elastic(images, policy.elastic, photo_seed + 11)
         if policy.clahe:
             # per image with probability `clahe` (stateless draw from this batch's seed)
             pick = tf.random.stateless_uniform([b, 1, 1, 1], seed=photo_seed + 7) < policy.clahe
@@ -251,12 +313,19 @@ def apply_policy(images: tf.Tensor, policy: AugmentPolicy | str, seed: tf.Tensor
     return images
 
 
-def apply_policy_with_labels(images: tf.Tensor, labels: tf.Tensor, policy: AugmentPolicy | str, seed: tf.Tensor):
-    """:func:`apply_policy`, then the label-mixing extras (MixUp, CutMix) on ``(images, labels)``."""
+def apply_policy_with_labels(images: tf.Tensor, labels: tf.Tensor, policy: AugmentPolicy | str, seed: tf.Tensor,
+                             mix_seed: int | None = None):
+    """:func:`apply_policy`, then the label-mixing extras (MixUp, CutMix) on ``(images, labels)``.
+
+    MixUp / CutMix are Keras layers with their own random generators (they take no
+    per-call tensor seed): by default the policy's cached layers, which keep drawing
+    (seeded by ``keras.utils.set_random_seed``); ``mix_seed`` (an int) uses new layers
+    seeded with it instead, so one call is reproducible (:func:`augmentation_grid`).
+    """
     policy = get_policy(policy)
     images = apply_policy(images, policy, seed)
     if policy.label_mixing:
-        layers = _keras_layers(policy)
+        layers = _keras_layers(policy) if mix_seed is None else _mixing_layers(policy, int(mix_seed))
         labels = tf.cast(labels, tf.float32)
         for key in ("mixup", "cutmix"):
             if key in layers:
@@ -266,7 +335,12 @@ def apply_policy_with_labels(images: tf.Tensor, labels: tf.Tensor, policy: Augme
 
 
 def augmentation_grid(images: np.ndarray, policy: AugmentPolicy | str, path: str, n_aug: int = 5, seed: int = 0) -> str:
-    """Write a PNG grid: each row one image, first column original, then ``n_aug`` draws."""
+    """Write a PNG grid: each row one image, first column original, then ``n_aug`` draws.
+
+    The same ``seed`` writes the same grid. With MixUp / CutMix each draw shows what the
+    policy did to the row's image in a batch with the other images (mixed with, or
+    pasted from, one of them; with a single image, with itself).
+    """
     images = np.asarray(images, np.float32)
     if images.ndim == 3:
         images = images[..., None]
@@ -274,11 +348,14 @@ def augmentation_grid(images: np.ndarray, policy: AugmentPolicy | str, path: str
     rows = []
     for i, img in enumerate(images):
         if policy.label_mixing:
-            # MixUp/CutMix mix with the other images of the batch: column k mixes with row i+k
-            batch = tf.constant(np.roll(images, -i, axis=0)[:n_aug] if len(images) >= n_aug
-                                else np.resize(np.roll(images, -i, axis=0), (n_aug,) + img.shape))
-            onehot = tf.eye(n_aug)
-            aug = apply_policy_with_labels(batch, onehot, policy, tf.constant([seed, i], tf.int64))[0].numpy()
+            # a batch of all the images, this one first; draw k keeps what became of it
+            batch = np.roll(images, -i, axis=0)
+            batch = tf.constant(batch if len(batch) > 1 else np.repeat(batch, 2, axis=0))
+            onehot = tf.eye(int(batch.shape[0]))
+            aug = np.stack([
+                apply_policy_with_labels(batch, onehot, policy, tf.constant([seed, i * n_aug + k], tf.int64),
+                                         mix_seed=seed * 1_000_003 + i * n_aug + k)[0].numpy()[0]
+                for k in range(n_aug)])
         else:
             batch = tf.repeat(img[None], n_aug, axis=0)
             aug = apply_policy(batch, policy, tf.constant([seed, i], tf.int64)).numpy()

@@ -217,8 +217,10 @@ def run(cfg: AugmentationAblationConfig) -> dict:
             name = f"case{case}_fold{i}"
             cell_cfg = sweep.cell_config(cfg, **settings)
             cell = sweep.CellRun(run_dir, name)
-            save_splits(cell / "splits.csv", ds, split)
+            save_splits(cell / "splits.csv", ds, split)  # before training: an interrupted cell has it too
             res = sweep.train_cell(cell_cfg, ds, split, run_dir, name, n_boot=cfg.n_boot)
+            if not (cell / "splits.csv").exists():  # train_cell starts a cell anew when its config changed
+                save_splits(cell / "splits.csv", ds, split)
             rows.append({"case": case, "fold": i, **settings, **sweep.summary_row(res), "seconds": res["wall_seconds"]})
             common.log(f"{name}: test macro AUC {rows[-1]['macro_auc']:.3f}, accuracy {rows[-1]['accuracy']:.3f}")
     results = pd.DataFrame(rows)

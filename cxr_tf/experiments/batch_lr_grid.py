@@ -116,8 +116,55 @@ def write_hparams_cell(logdir, batch: int, lr: float, values: dict) -> None:
     w.flush()
 
 
-def heatmap(grid: pd.DataFrame, path, value: str = "val_macro_auc") -> dict:
-    """Heatmap of ``value`` over batch x lr; best cell boxed; lr proportional to batch through it."""
+def _lr_to_row(lr, lrs) -> np.ndarray:
+    """Fractional heatmap row of learning rates ``lr`` (rows: ``lrs`` descending, log-spaced
+    between neighbours); NaN outside the grid's range."""
+    lr = np.atleast_1d(np.asarray(lr, float))
+    if len(lrs) == 1:
+        return np.where(np.isclose(lr, lrs[0], rtol=1e-9), 0.0, np.nan)
+    log_lrs = np.log10(lrs)  # descending
+    return np.interp(-np.log10(lr), -log_lrs, np.arange(len(lrs)), left=np.nan, right=np.nan)
+
+
+def _batch_to_col(batch, batches) -> np.ndarray:
+    """Fractional heatmap column of batch sizes (log-spaced between neighbours)."""
+    batch = np.atleast_1d(np.asarray(batch, float))
+    if len(batches) == 1:
+        return np.where(np.isclose(batch, batches[0]), 0.0, np.nan)
+    return np.interp(np.log(batch), np.log(batches), np.arange(len(batches)), left=np.nan, right=np.nan)
+
+
+def linear_scaling_line(batches, lrs, best_batch: int, best_lr: float, n: int = 50) -> dict:
+    """The linear-scaling rule through the best cell: ``lr = best_lr * batch / best_batch``.
+
+    Returns the line in data coordinates at the grid's batch sizes (``batch_size``,
+    ``learning_rate``; ``lr_per_batch`` is the constant ratio, so the line has slope 1 in
+    log-log space) and the polyline drawn over the heatmap in its cell-index coordinates
+    (``x``: column, ``y``: row, ``None`` where the line leaves the grid's lr range).
+    """
+    batches = sorted(float(b) for b in batches)
+    lrs = sorted((float(v) for v in lrs), reverse=True)
+    ratio = float(best_lr) / float(best_batch)
+    xs = np.linspace(0, len(batches) - 1, n) if len(batches) > 1 else np.zeros(1)
+    bx = np.exp(np.interp(xs, np.arange(len(batches)), np.log(batches)))
+    ys = _lr_to_row(ratio * bx, lrs)
+    return {
+        "lr_per_batch": ratio,
+        "through": {"batch_size": int(best_batch), "learning_rate": float(best_lr)},
+        "batch_size": [int(b) for b in batches],
+        "learning_rate": [ratio * b for b in batches],
+        "x": [round(float(x), 4) for x in xs],
+        "y": [None if not np.isfinite(y) else round(float(y), 4) for y in ys],
+    }
+
+
+def heatmap(grid: pd.DataFrame, path, value: str = "val_macro_auc") -> dict | None:
+    """Heatmap of ``value`` over batch x lr; best cell boxed; lr proportional to batch through it.
+
+    Returns the best cell (``batch_size``, ``learning_rate``, ``value``) with the drawn
+    line under ``linear_scaling`` (:func:`linear_scaling_line`), or None when no cell
+    has a finite value.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,15 +188,13 @@ def heatmap(grid: pd.DataFrame, path, value: str = "val_macro_auc") -> dict:
         bi, bj = np.unravel_index(np.nanargmax(z), z.shape)
         best = {"batch_size": int(batches[bj]), "learning_rate": float(lrs[bi]), value: float(z[bi, bj])}
         ax.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
-        # linear scaling rule through the best cell: lr = lr_best * batch / batch_best,
-        # drawn in the grid's log-spaced index coordinates
-        log_lrs = np.log10(lrs)
-        xs = np.linspace(0, len(batches) - 1, 50)
-        bx = np.exp(np.interp(xs, range(len(batches)), np.log(batches)))
-        line_lr = np.log10(lrs[bi] * bx / batches[bj])
-        ys = np.interp(-line_lr, -log_lrs, np.arange(len(lrs)), left=np.nan, right=np.nan) if len(lrs) > 1 else np.zeros_like(xs)
-        ax.plot(xs, ys, "r--", linewidth=1.5, label="lr ∝ batch (linear scaling)")
+        # linear scaling rule through the best cell, in the grid's log-spaced index coordinates
+        line = linear_scaling_line(batches, lrs, batches[bj], lrs[bi])
+        ys = np.array([np.nan if y is None else y for y in line["y"]])
+        ax.plot(line["x"], ys, "r--", marker="o" if len(ys) == 1 else None, linewidth=1.5,
+                label="lr ∝ batch (linear scaling)")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=8)
+        best["linear_scaling"] = line
     ax.set_xticks(range(len(batches)), [str(b) for b in batches])
     ax.set_yticks(range(len(lrs)), [f"{lr:.0e}" for lr in lrs])
     ax.set_xlabel("batch size")
@@ -218,7 +263,11 @@ def _markdown(cfg, grid: pd.DataFrame, best: dict | None, wall: float, n: int) -
             f"split {cfg.split}); model {cfg.backbone} (head {cfg.head}, freeze_until {cfg.freeze_until}), "
             f"{cfg.image_size} px, {cfg.epochs} epochs per cell, Adam, seed {cfg.seed}.\n\n" + "\n\n".join(out)
             + (f"\n\nBest by validation AUC: batch {best['batch_size']}, lr {best['learning_rate']:.0e} "
-               f"(val AUC {best['val_macro_auc']:.3f})." if best else "")
+               f"(val AUC {best['val_macro_auc']:.3f}). Linear-scaling line through it (dashed on the heatmap): "
+               f"lr = {best['linear_scaling']['lr_per_batch']:.3g} x batch, i.e. "
+               + ", ".join(f"batch {b}: lr {lr:.1e}" for b, lr in zip(best["linear_scaling"]["batch_size"],
+                                                                   best["linear_scaling"]["learning_rate"]))
+               + "." if best else "")
             + f"\n\nWall time {wall:.0f} s. Heatmap: `plots/heatmap_val_auc.png`; HParams: "
               "`tensorboard --logdir tensorboard` -> HPARAMS tab.\n")
 

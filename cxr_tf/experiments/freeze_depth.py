@@ -10,7 +10,8 @@ and initial weights.
 Reported per cell: trainable / non-trainable parameter counts, the train - validation
 gap per epoch (AUC and loss: overfitting), final test metrics, and overlaid learning
 curves (``plots/learning_curves.png``; TensorBoard runs ``tensorboard/f<idx>_lr<lr>/``
-side by side).
+side by side). Re-running the same command reopens the same run folder and reuses every
+finished cell (:mod:`cxr_tf.experiments.sweep`).
 
 Pretrained weights: ``--weights imagenet`` (Keras' loader; needs a download or the file
 in ``~/.keras/models``), ``--weights PATH`` (a Keras ResNet50 no-top weights file) or

@@ -5,10 +5,13 @@ A *cell* is one training (one case x fold, one grid point, ...). Every cell live
 ``result.json`` when finished) and logs to ``<run>/tensorboard/<name>/``, so
 ``tensorboard --logdir <run>/tensorboard`` shows every cell side by side.
 
-Resumable at two levels: a finished cell (``result.json`` written with the same
-config) is never trained again, so re-running the same command after an interruption
-or with more cells reuses what exists; an interrupted cell resumes from its last
-committed epoch (:mod:`cxr_tf.training.resume`).
+Resumable at three levels: re-running the same command (same config, up to
+``--run-dir`` / ``--resume`` / ``--runs-dir`` / ``--on-error`` / ``--cache-dir``)
+reopens the newest run folder of that experiment with that config, finished or not,
+instead of starting a new one (a different config gets a new folder; ``--run-dir DIR``
+names the folder, ``--resume`` picks the newest *unfinished* match); in it, a finished
+cell (``result.json`` written with the same config) is never trained again; an
+interrupted cell resumes from its last committed epoch (:mod:`cxr_tf.training.resume`).
 """
 from __future__ import annotations
 
@@ -78,8 +81,13 @@ def start(cfg):
     common.setup_runtime(cfg)
     from cxr_tf.training.run import create_run_dir
 
-    run_dir = create_run_dir(cfg)
-    common.log(f"run folder: {run_dir}")
+    run_dir = create_run_dir(cfg, reuse=True)
+    if run_dir.reused:
+        done = sorted(p.parent.name for p in (run_dir.path / "cells").glob("*/result.json"))
+        common.log(f"run folder: {run_dir} (resuming: same config as before; {len(done)} finished cell(s) "
+                   "will be reused; --run-dir DIR for another folder)")
+    else:
+        common.log(f"run folder: {run_dir}")
     ds = common.load_experiment_data(cfg, cfg.classes)
     ds = common.check_items(cfg, ds, run_dir)
     ds = subsample_patients(ds, cfg.max_images, cfg.seed)

@@ -4,7 +4,10 @@
 ``tensorboard/``, ``checkpoints/``, ``backup/`` (BackupAndRestore), ``history.csv``,
 ``metrics.json``, ``report.md``, ``plots/``, ``skipped.csv``, ``environment.json``.
 A run is finished when ``metrics.json`` exists; ``--resume`` picks the newest
-unfinished run whose config matches.
+unfinished run whose config matches. Sweeps (many cells in one run) call
+:func:`create_run_dir` with ``reuse=True``: a plain re-run then reopens the newest run
+of the same experiment with the same config (finished or not), so its finished cells
+are reused.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ _RESUME_IGNORED = {"resume", "run_dir", "runs_dir", "on_error", "cache_dir"}
 
 class RunDir:
     """Paths inside one run folder."""
+
+    reused = False  # set by create_run_dir: the folder existed with this config before
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -79,24 +84,46 @@ def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in _RESUME_IGNORED}
 
 
-def create_run_dir(cfg) -> RunDir:
-    """A new run folder, or the one to resume (``cfg.run_dir`` / ``cfg.resume``)."""
+def matching_runs(cfg, unfinished_only: bool = False) -> list[Path]:
+    """Run folders of ``cfg.experiment`` under ``cfg.runs_dir`` whose saved config equals
+    ``cfg`` (up to the fields in ``_RESUME_IGNORED``), oldest first."""
+    base = Path(cfg.runs_dir) / cfg.experiment
+    if not base.is_dir():
+        return []
+    want = _comparable(cfg.to_dict())
+    out = []
+    for p in sorted(base.iterdir()):  # timestamped names: oldest first
+        f = p / "config.json"
+        if not f.is_file() or (unfinished_only and (p / "metrics.json").exists()):
+            continue
+        try:
+            saved = json.loads(f.read_text())
+        except (OSError, ValueError):  # a half-written or foreign file: not a match
+            continue
+        if isinstance(saved, dict) and _comparable(saved) == want:
+            out.append(p)
+    return out
+
+
+def create_run_dir(cfg, reuse: bool = False) -> RunDir:
+    """A new run folder, or the one to resume (``cfg.run_dir`` / ``cfg.resume``).
+
+    ``reuse=True`` (sweeps): without ``--run-dir`` / ``--resume``, the newest run of the
+    experiment with the same config, finished or not, is reopened instead of a new one.
+    ``run.reused`` says whether the folder existed with this config before.
+    """
     d = cfg.to_dict()
     if cfg.run_dir:
         run = RunDir(cfg.run_dir)
         old = run.path / "config.json"
         if old.exists() and _comparable(json.loads(old.read_text())) != _comparable(d):
             raise CXRConfigError(f"{run.path}: exists with a different config; choose another --run-dir")
-    elif cfg.resume:
-        base = Path(cfg.runs_dir) / cfg.experiment
-        candidates = sorted(p for p in base.glob("*") if (p / "config.json").exists()) if base.exists() else []
-        match = [
-            p for p in candidates
-            if not (p / "metrics.json").exists() and _comparable(json.loads((p / "config.json").read_text())) == _comparable(d)
-        ]
-        run = RunDir(match[-1]) if match else RunDir(_new_run_path(base))
+    elif cfg.resume or reuse:
+        match = matching_runs(cfg, unfinished_only=bool(cfg.resume))
+        run = RunDir(match[-1]) if match else RunDir(_new_run_path(Path(cfg.runs_dir) / cfg.experiment))
     else:
         run = RunDir(_new_run_path(Path(cfg.runs_dir) / cfg.experiment))
+    run.reused = (run.path / "config.json").exists()
     run.write_json("config.json", d)
     run.write_json("environment.json", environment())
     return run

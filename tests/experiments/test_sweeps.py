@@ -1,5 +1,6 @@
 """Seed-004 experiments: augmentation ablation (k-fold), batch x lr grid, freeze depth."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,13 +73,35 @@ def test_paired_tests_match_scipy_and_summary():
     assert s.loc[1, "folds"] == 4
 
 
-def test_heatmap_marks_best_cell(tmp_path):
+def test_heatmap_marks_best_cell_and_draws_linear_scaling_through_it(tmp_path):
     rows = [{"batch_size": b, "learning_rate": lr, "val_macro_auc": 0.5 + 0.01 * i}
             for i, (b, lr) in enumerate((b, lr) for b in (8, 16, 32) for lr in (1e-2, 1e-3, 1e-4))]
     rows[4]["val_macro_auc"] = 0.99  # batch 16, lr 1e-3
     best = batch_lr_grid.heatmap(pd.DataFrame(rows), tmp_path / "h.png")
+    line = best.pop("linear_scaling")
     assert best == {"batch_size": 16, "learning_rate": 1e-3, "val_macro_auc": 0.99}
     assert (tmp_path / "h.png").stat().st_size > 5000
+    # in data space: lr / batch constant (slope 1 in log-log), through the best cell
+    b, lr = np.array(line["batch_size"], float), np.array(line["learning_rate"])
+    assert list(b) == [8, 16, 32] and line["through"] == {"batch_size": 16, "learning_rate": 1e-3}
+    np.testing.assert_allclose(lr / b, 1e-3 / 16)
+    assert line["lr_per_batch"] == pytest.approx(1e-3 / 16)
+    assert np.polyfit(np.log(b), np.log(lr), 1)[0] == pytest.approx(1.0)
+    assert lr[1] == pytest.approx(1e-3)
+    # as drawn (cell-index coordinates; columns: batch 8, 16, 32; rows: lr 1e-2, 1e-3, 1e-4):
+    # through the centre of the best cell (column 1, row 1); one batch doubling moves
+    # log10(2) of a decade up, so batch 8 sits at lr 5e-4 (row 1.301), 32 at 2e-3 (0.699)
+    x, y = np.array(line["x"]), np.array(line["y"], float)
+    assert np.interp(1.0, x, y) == pytest.approx(1.0, abs=1e-3)
+    assert y[0] == pytest.approx(1 + np.log10(2), abs=1e-3) and y[-1] == pytest.approx(1 - np.log10(2), abs=1e-3)
+    assert np.polyfit(x, y, 1)[0] == pytest.approx(-np.log10(2), abs=1e-3)
+    # where the line leaves the grid's lr range it is not drawn
+    rows[4]["val_macro_auc"], rows[0]["val_macro_auc"] = 0.5, 0.99  # best: batch 8, lr 1e-2 (top left)
+    best = batch_lr_grid.heatmap(pd.DataFrame(rows), tmp_path / "h2.png")
+    assert (best["batch_size"], best["learning_rate"]) == (8, 1e-2)
+    ys = best["linear_scaling"]["y"]
+    assert ys[0] == pytest.approx(0.0) and ys[-1] is None
+    np.testing.assert_allclose(best["linear_scaling"]["learning_rate"], [1e-2, 2e-2, 4e-2])
 
 
 def test_config_errors_are_named():
@@ -119,6 +142,93 @@ def test_backbone_from_an_earlier_run(tmp_path):
 
 
 # --- the experiments, end to end -------------------------------------------------------
+
+def test_augmentation_ablation_synthetic_folds_patient_disjoint_and_identical_for_every_case(tmp_path):
+    """--smoke on the synthetic source (1-3 images per patient): 2 cases x 2 folds."""
+    argv = ["--smoke", "--cases", "1,4", "--synthetic-n", "60", "--runs-dir", str(tmp_path / "runs")]
+    assert augmentation_ablation.main(argv) == 0
+    run = _only_run(tmp_path / "runs" / "augmentation_ablation")
+    folds = pd.read_csv(run / "folds.csv")
+    assert folds.groupby("patient").size().max() > 1  # several images per patient: grouping matters
+    tested = np.zeros(len(folds), int)
+    for i in range(2):
+        f = folds[f"fold{i}"]
+        assert set(f) == {"train", "val", "test"}
+        assert (folds.groupby("patient")[f"fold{i}"].nunique() == 1).all(), f"fold {i}: a patient spans splits"
+        tested += (f == "test").to_numpy()
+    assert (tested == 1).all()  # the test parts partition the patients
+    test_patients = [set(folds.loc[folds[f"fold{i}"] == "test", "patient"]) for i in range(2)]
+    assert not test_patients[0] & test_patients[1]
+    for i in range(2):
+        saved = {}
+        for case in (1, 4):
+            cell = run / "cells" / f"case{case}_fold{i}"
+            sp = pd.read_csv(cell / "splits.csv")
+            assert (sp["item"].to_numpy() == folds["item"].to_numpy()).all()
+            assert (sp["split"].to_numpy() == folds[f"fold{i}"].to_numpy()).all()
+            assert (sp.groupby("patient")["split"].nunique() == 1).all()
+            # and the cell trained / was scored on exactly that split
+            n = json.loads((cell / "result.json").read_text())["n"]
+            assert n == sp["split"].value_counts().reindex(["train", "val", "test"]).to_dict()
+            assert len(np.load(cell / "test_predictions.npz")["y_true"]) == n["test"]
+            saved[case] = sp
+        pd.testing.assert_frame_equal(saved[1], saved[4])
+    cfg1 = json.loads((run / "cells" / "case1_fold0" / "config.json").read_text())
+    cfg4 = json.loads((run / "cells" / "case4_fold0" / "config.json").read_text())
+    assert (cfg1["balance"], cfg1["augment"]) == ("none", "none")
+    assert (cfg4["balance"], cfg4["augment"]) == ("oversample", "moderate")
+
+
+def test_sweep_run_folder_reused_for_the_same_config(tmp_path):
+    """create_run_dir(reuse=True): the newest run with an equal config (finished or not)."""
+    from cxr_tf.training.run import create_run_dir
+
+    argv = ["--smoke", "--runs-dir", str(tmp_path)]
+    first = create_run_dir(batch_lr_grid.parse(argv), reuse=True)
+    assert not first.reused
+    first.write_json("metrics.json", {})  # finished: a plain re-run still reuses it
+    again = create_run_dir(batch_lr_grid.parse(argv + ["--on-error", "skip"]), reuse=True)  # a field results ignore
+    assert again.path == first.path and again.reused
+    other = create_run_dir(batch_lr_grid.parse(argv + ["--lrs", "1e-4"]), reuse=True)  # a new config: a new folder
+    assert other.path != first.path and not other.reused
+    assert create_run_dir(batch_lr_grid.parse(argv), reuse=True).path == first.path  # not the newest run: the match
+    # --resume keeps its meaning (the newest UNFINISHED match), --run-dir names the folder
+    resumed = create_run_dir(batch_lr_grid.parse(argv + ["--resume"]), reuse=True)
+    assert resumed.path not in (first.path, other.path) and not resumed.reused
+    named = create_run_dir(batch_lr_grid.parse(argv + ["--run-dir", str(tmp_path / "mine")]), reuse=True)
+    assert named.path == tmp_path / "mine"
+    # experiments that are not sweeps still get a new folder per run
+    assert create_run_dir(batch_lr_grid.parse(argv)).path not in (first.path, other.path, resumed.path)
+
+
+def test_batch_lr_grid_plain_rerun_reuses_finished_cells_and_redoes_the_rest(tmp_path, capsys):
+    argv = ["--smoke", "--lrs", "1e-3", "--synthetic-n", "60", "--runs-dir", str(tmp_path / "runs")]  # 2 x 1 grid
+    assert batch_lr_grid.main(argv) == 0
+    run = _only_run(tmp_path / "runs" / "batch_lr_grid")
+    keep, redo = batch_lr_grid.cell_name(8, 1e-3), batch_lr_grid.cell_name(16, 1e-3)
+    kept = run / "cells" / keep / "result.json"
+    stamp, text = kept.stat().st_mtime_ns, kept.read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    best = metrics["best_by_val_auc"]
+    assert best["linear_scaling"]["lr_per_batch"] == pytest.approx(best["learning_rate"] / best["batch_size"])
+    assert "Linear-scaling line" in (run / "report.md").read_text()
+    # an interruption: the second cell never committed, the grid never finished
+    (run / "cells" / redo / "result.json").unlink()
+    (run / "metrics.json").unlink()
+    capsys.readouterr()
+    assert batch_lr_grid.main(argv) == 0  # the same command, no --run-dir / --resume
+    out = capsys.readouterr().out
+    assert _only_run(tmp_path / "runs" / "batch_lr_grid") == run  # the same folder
+    assert "(resuming: same config as before; 1 finished cell(s)" in out
+    assert f"cell {keep}: done before, reusing" in out
+    assert f"cell {redo}: done before" not in out
+    assert re.findall(r"cell (\S+): \d+ train / ", out) == [redo]  # one training: the lost cell
+    assert kept.stat().st_mtime_ns == stamp and kept.read_text() == text
+    assert (run / "cells" / redo / "result.json").exists() and (run / "metrics.json").exists()
+    grid = pd.read_csv(run / "grid.csv")
+    assert sorted(grid.batch_size) == [8, 16] and grid.val_macro_auc.notna().all()
+
+
 
 @pytest.mark.slow
 def test_augmentation_ablation_identical_patient_folds_and_resume(tmp_path, kermany_subset, capsys):
