@@ -85,7 +85,17 @@ def model_list(cfg: CovidCompareConfig) -> list[str]:
         names = [m.strip() for m in cfg.models.split(",") if m.strip()]
     else:
         names = list(ZOO) + ([SSL_BACKBONE] if SSL_BACKBONE in known else [])
-    bad = [m for m in names if m not in known]
+    def registered(name: str) -> bool:  # parametrised families (unet_cbam_encoder_d3w16) register on lookup
+        from cxr_tf.errors import CXRModelError
+        from cxr_tf.models import get_backbone
+
+        try:
+            get_backbone(name)
+        except CXRModelError:
+            return False
+        return True
+
+    bad = [m for m in names if m not in known and not registered(m)]
     if bad:
         raise CXRConfigError(f"--models: unknown backbones {bad}; registered: {known}")
     return names

@@ -22,6 +22,7 @@ def test_model_list_includes_ssl_encoder_only_when_registered(monkeypatch):
     monkeypatch.setitem(registry._BACKBONES, cmp.SSL_BACKBONE, fake)
     assert cmp.model_list(cfg) == list(cmp.ZOO) + [cmp.SSL_BACKBONE]
     assert cmp.model_list(cmp.CovidCompareConfig(models="resnet18, squeezenet")) == ["resnet18", "squeezenet"]
+    assert cmp.model_list(cmp.CovidCompareConfig(models="unet_cbam_encoder_d3w16")) == ["unet_cbam_encoder_d3w16"]
     with pytest.raises(CXRConfigError, match="unknown backbones \\['vgg'\\]"):
         cmp.model_list(cmp.CovidCompareConfig(models="resnet18,vgg"))
 
