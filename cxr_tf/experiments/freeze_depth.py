@@ -26,8 +26,8 @@ Commands::
     # what we ran on 2 CPU cores (experiments/results/freeze_depth.md): ResNet50 pretrained on
     # covid19_radiography (COVID vs normal adults, a source disjoint from Kermany), then
     python -m cxr_tf.experiments.freeze_depth --data-dir $CXR_DATA_DIR/kermany224 \\
-        --weights run:runs/pretrain/pneumonia_freeze/<stamp> --image-size 64 --max-images 900 \\
-        --epochs 4 --lrs 1e-3,1e-4 --bn-momentum 0.9 --augment light
+        --weights run:runs/pretrain/pneumonia_freeze/<stamp> --image-size 64 --max-images 1500 \\
+        --epochs 6 --lrs 3e-4,1e-3,3e-3 --bn-momentum 0.9 --augment light
 """
 from __future__ import annotations
 
