@@ -53,3 +53,30 @@ def make_kermany_subset(kermany_dir: Path, dest: Path, n_normal: int, n_bacteria
         for f in files:
             (dest / "train" / cls / f.name).symlink_to(f)
     return dest
+
+
+@pytest.fixture
+def write_dicom():
+    """``write_dicom(path, pixels)``: writes a small real DICOM the tests can read."""
+    import numpy as np
+
+    def write(path, pixels: np.ndarray) -> None:
+        """A minimal valid uncompressed MONOCHROME2 CR DICOM (Explicit VR LE) holding uint16 ``pixels``."""
+        from pydicom.dataset import FileDataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+        pixels = np.ascontiguousarray(pixels, np.uint16)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID = "CR", "EXPLAIN-TEST"
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(str(path), enforce_file_format=True)
+
+    return write

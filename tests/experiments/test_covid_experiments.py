@@ -107,7 +107,7 @@ def test_compare_smoke_on_real_data(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_deep_covid_smoke_and_explain_cli_on_its_export(tmp_path, data_dir):
+def test_deep_covid_smoke_and_explain_cli_on_its_export(tmp_path, data_dir, write_dicom):
     from cxr_tf.cli import main as cli
 
     assert deep_covid.main(["--smoke", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"),
@@ -126,7 +126,9 @@ def test_deep_covid_smoke_and_explain_cli_on_its_export(tmp_path, data_dir):
     assert Path(export, "assets.extra", "cxr_tf_model.keras").is_file()
     png = next((data_dir / "covid19_radiography" / "COVID").iterdir())
     dcm = tmp_path / "covid_scan.dcm"  # always a DICOM input: generated, not an optional data file
-    _write_dicom_like(png, dcm)
+    from PIL import Image
+
+    write_dicom(dcm, np.asarray(Image.open(png).convert("L"), np.uint16) * 257)
     out = tmp_path / "expl"
     files = [str(png), str(dcm)]
     assert cli(["explain", "--model", export, *files, "--out", str(out), "--method", "scorecam", "--max-n", "4"]) == 0
@@ -134,24 +136,3 @@ def test_deep_covid_smoke_and_explain_cli_on_its_export(tmp_path, data_dir):
     assert list(t["file"]) == files and np.allclose(t[["p_non_covid", "p_covid"]].sum(1), 1, atol=1e-5)
     assert (out / f"{png.stem}_scorecam_overlay.png").is_file()
     assert (out / f"{dcm.stem}_scorecam_overlay.png").is_file()
-
-
-def _write_dicom_like(png: Path, dest: Path) -> None:
-    """A MONOCHROME2 16-bit CR DICOM (Explicit VR LE) with ``png``'s gray pixels (x257)."""
-    from PIL import Image
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    pixels = np.asarray(Image.open(png).convert("L"), np.uint16) * 257
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(dest), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", "EXPLAIN-TEST"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    ds.save_as(str(dest), enforce_file_format=True)
