@@ -37,7 +37,8 @@ Result (experiments/results/deep_covid.md; 2-core AMD EPYC VM, one core, 12 min 
 --export-models squeezenet`` on covid_ieee8023 + covid19_radiography + kermany224, test 56
 COVID / 593 non-COVID: AUC ResNet18 0.869, ResNet50 0.806, SqueezeNet 0.642, DenseNet-121
 0.887; specificity at sensitivity 98% 0.14-0.22 (paper, ImageNet trunks at 224 px: 0.75-0.93);
-cached features 21.6x faster than training through the trunk for 100 epochs.
+cached features 21.6x faster than training through the trunk for 100 epochs. ResNet18 at
+``--image-size 128``: AUC 0.928, specificity 0.816 at sensitivity 98% (paper 0.907), 44.5x.
 """
 from __future__ import annotations
 
