@@ -41,7 +41,8 @@ Results (2-core CPU VM, one core; NIH nih1000_64: 800 real images at 64 px, 221 
 8 epochs from scratch), details in ``experiments/results/chexpert_noisy.md``:
 
 * ``--study noise --epochs 8 --lsr-low 0.55 --lsr-high 0.85`` (706 s): test mean AUC over 10 labels 0.50-0.60 for every method;
-  no paired difference to U-Ignore excludes 0 (U-LSR +0.045 [-0.011, +0.100] is the largest).
+  no paired difference to U-Ignore excludes 0 (U-LSR +0.045 [-0.011, +0.100] is the largest);
+  over seeds 0-2 (``--seed``) U-LSR averages +0.002 and only U-Ones is consistently worse (-0.026).
 * ``--study compare --epochs 8 --lsr-low 0.55 --lsr-high 0.85`` (1,198 s): ResNet50 0.519, ViT 0.540, hybrid 0.504; all ideas
   within +-0.03 of ResNet50 with CIs spanning 0. At this scale every model is near chance.
 """
