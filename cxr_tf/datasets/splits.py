@@ -132,9 +132,35 @@ def check_leakage(split: Sequence[str], patient_ids: Sequence[str]) -> None:
         raise CXRLeakageError(f"{len(bad)} patients appear in more than one split (e.g. {ex})")
 
 
+def portable_item_names(ds: CXRDataset) -> list[str]:
+    """Item names for files written with a run: file paths relative to the items' common
+    folder (``train/NORMAL/IM-0115-0001.jpeg``), so a splits file names no folder of the
+    machine that wrote it and reloads wherever the data lives; other items keep their names."""
+    names = ds.item_names
+    if ds.in_memory or "item" in ds.meta.columns or not names:
+        return names
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(n)) for n in names])
+    return [os.path.relpath(os.path.abspath(n), root) for n in names]
+
+
+def _match_saved(saved: Sequence[str], names: Sequence[str]) -> list[str | None]:
+    """For each current item name, the saved name it is: the same string, or the longest
+    saved path that is a trailing part of it (the file was saved relative to another root)."""
+    saved = set(saved)
+    out = []
+    for n in names:
+        if n in saved:
+            out.append(n)
+            continue
+        parts = n.replace(os.sep, "/").split("/")
+        out.append(next(("/".join(parts[k:]) for k in range(1, len(parts)) if "/".join(parts[k:]) in saved), None))
+    return out
+
+
 def save_splits(path: str | os.PathLike, ds: CXRDataset, split: Sequence[str]) -> None:
-    """Write ``item, patient, split`` (plus class) as CSV, for the run folder."""
-    df = pd.DataFrame({"item": ds.item_names, "patient": ds.patient_ids, "split": np.asarray(split)})
+    """Write ``item, patient, split`` (plus class) as CSV, for the run folder (item paths
+    relative to the data, see :func:`portable_item_names`)."""
+    df = pd.DataFrame({"item": portable_item_names(ds), "patient": ds.patient_ids, "split": np.asarray(split)})
     if not ds.multilabel:
         df["label"] = np.array(ds.class_names)[ds.class_index()]
     df.to_csv(path, index=False)
@@ -145,10 +171,11 @@ def load_splits(path: str | os.PathLike, ds: CXRDataset) -> np.ndarray:
     df = pd.read_csv(path)
     where = dict(zip(df["item"].astype(str), df["split"].astype(str)))
     names = ds.item_names
-    missing = [n for n in names if n not in where]
+    keys = _match_saved(where, names)
+    missing = [n for n, k in zip(names, keys) if k is None]
     if missing:
         raise CXRDatasetError(path, f"{len(missing)} items of {ds.name} are not in the split file (e.g. {missing[0]})")
-    split = np.array([where[n] for n in names], dtype=object)
+    split = np.array([where[k] for k in keys], dtype=object)
     check_leakage(split, ds.patient_ids)
     return split
 

@@ -207,9 +207,10 @@ def run(cfg: AugmentationAblationConfig) -> dict:
     t0 = time.time()
     run_dir, ds = sweep.start(cfg)
     from cxr_tf.datasets import kfold_with_validation, save_splits
+    from cxr_tf.datasets.splits import portable_item_names
 
     folds = kfold_with_validation(ds, cfg.folds, cfg.val_fraction, cfg.seed)
-    table = pd.DataFrame({"item": ds.item_names, "patient": ds.patient_ids,
+    table = pd.DataFrame({"item": portable_item_names(ds), "patient": ds.patient_ids,
                           "label": np.array(ds.class_names)[ds.class_index()]})
     for i, s in enumerate(folds):
         table[f"fold{i}"] = s

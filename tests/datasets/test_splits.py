@@ -58,3 +58,27 @@ def test_save_load_roundtrip(tmp_path):
     df = pd.read_csv(tmp_path / "splits.csv")
     assert list(df.columns[:3]) == ["item", "patient", "split"]
     assert (load_splits(tmp_path / "splits.csv", ds) == s).all()
+
+
+def _files(root, n_patients=30):
+    """A dataset of file paths under ``root``/{train,test}/<class>/ (no 'item' column)."""
+    ds = _toy(n_patients)
+    paths = [str(root / ("train" if i % 3 else "test") / ds.class_names[c] / f"img{i}.png")
+             for i, c in enumerate(ds.class_index())]
+    return CXRDataset(paths, ds.labels, ds.class_names, pd.DataFrame({"patient_id": ds.patient_ids}), name="files")
+
+
+def test_saved_splits_name_no_machine_folder_and_reload_elsewhere(tmp_path):
+    """splits.csv holds paths relative to the data, so it reloads where the data lives on another machine."""
+    here = _files(tmp_path / "machine_a" / "data" / "kermany224")
+    s = patient_split(here, seed=2)
+    save_splits(tmp_path / "splits.csv", here, s)
+    text = (tmp_path / "splits.csv").read_text()
+    items = pd.read_csv(tmp_path / "splits.csv")["item"].str.replace("\\", "/")
+    assert str(tmp_path) not in text and items.str.match(r"^(train|test)/[abc]/img\d+\.png$").all()
+    assert (load_splits(tmp_path / "splits.csv", here) == s).all()
+    there = _files(tmp_path / "elsewhere" / "kermany224")
+    assert (load_splits(tmp_path / "splits.csv", there) == s).all()
+    # a subset still matches by its trailing path parts
+    sub = there.subset(np.arange(len(there)) % 2 == 0)
+    assert (load_splits(tmp_path / "splits.csv", sub) == s[::2]).all()
