@@ -130,14 +130,6 @@ def _lr_to_row(lr, lrs) -> np.ndarray:
     return np.interp(-np.log10(lr), -log_lrs, np.arange(len(lrs)), left=np.nan, right=np.nan)
 
 
-def _batch_to_col(batch, batches) -> np.ndarray:
-    """Fractional heatmap column of batch sizes (log-spaced between neighbours)."""
-    batch = np.atleast_1d(np.asarray(batch, float))
-    if len(batches) == 1:
-        return np.where(np.isclose(batch, batches[0]), 0.0, np.nan)
-    return np.interp(np.log(batch), np.log(batches), np.arange(len(batches)), left=np.nan, right=np.nan)
-
-
 def linear_scaling_line(batches, lrs, best_batch: int, best_lr: float, n: int = 50) -> dict:
     """The linear-scaling rule through the best cell: ``lr = best_lr * batch / best_batch``.
 

@@ -86,7 +86,8 @@ def model_list(cfg: CovidCompareConfig) -> list[str]:
         names = [m.strip() for m in cfg.models.split(",") if m.strip()]
     else:
         names = list(ZOO) + ([SSL_BACKBONE] if SSL_BACKBONE in known else [])
-    def registered(name: str) -> bool:  # parametrised families (unet_cbam_encoder_d3w16) register on lookup
+
+    def registered(name: str) -> bool:  # get_backbone also knows parametrised families (unet_cbam_encoder_d3w16)
         from cxr_tf.errors import CXRModelError
         from cxr_tf.models import get_backbone
 
@@ -96,7 +97,7 @@ def model_list(cfg: CovidCompareConfig) -> list[str]:
             return False
         return True
 
-    bad = [m for m in names if m not in known and not registered(m)]
+    bad = [m for m in names if not registered(m)]
     if bad:
         raise CXRConfigError(f"--models: unknown backbones {bad}; registered: {known}")
     return names
