@@ -53,8 +53,19 @@ def test_rating_session_in_chromium(browser, tmp_path):
     alice = svc.store.raters()[0]
     order = svc.order(alice)
     server = LiveServer(app)
+    from selenium.common.exceptions import WebDriverException
+
     d = browser
     el = lambda i: d.find_element(By.ID, i)  # noqa: E731
+
+    def settled(cond):
+        """``cond`` retried until true: during a navigation an element can be missing or stale."""
+        def attempt():
+            try:
+                return cond()
+            except WebDriverException:
+                return False
+        return wait_until(attempt, timeout=60, step=0.1)
 
     def page_state():  # one round trip instead of three: polling competes with Chromium for the CPU
         return d.execute_script(
@@ -62,7 +73,7 @@ def test_rating_session_in_chromium(browser, tmp_path):
             "return [s.dataset.item, s.dataset.ready, document.getElementById('progress-text').textContent];")
 
     def at_item(k, answered):
-        wait_until(lambda: page_state() == [str(order[k]), "1", f"{answered} / 5"], timeout=60, step=0.15)
+        settled(lambda: page_state() == [str(order[k]), "1", f"{answered} / 5"])
 
     def press(key):
         d.find_element(By.TAG_NAME, "body").send_keys(key)
@@ -72,11 +83,11 @@ def test_rating_session_in_chromium(browser, tmp_path):
         assert d.current_url.endswith("/login")
         el("login-token").send_keys("not-a-token")
         el("login-submit").click()
-        assert el("login-error").text == "Unknown token."
+        settled(lambda: el("login-error").text == "Unknown token.")
         el("login-token").send_keys(token)
         el("login-submit").click()
         wait_until(lambda: d.current_url == server.url + "/")
-        assert el("rater-name").text == "alice"
+        settled(lambda: el("rater-name").text == "alice")
 
         at_item(0, 0)
         # the page really shows three decoded images for a 2AFC item
@@ -95,14 +106,14 @@ def test_rating_session_in_chromium(browser, tmp_path):
         d.refresh()                               # a returning rater continues where they stopped
         at_item(3, 3)
         press(Keys.BACKSPACE)                     # change the last answer (item 2: left -> right)
-        wait_until(lambda: page_state()[:2] == [str(order[2]), "1"], timeout=60, step=0.15)
+        settled(lambda: page_state()[:2] == [str(order[2]), "1"])
         assert "selected" in el("choice-left").get_attribute("class")
         el("choice-right").click()
         at_item(3, 3)
         press("s")                                # JND by key
         at_item(4, 4)
         el("choice-different").click()            # JND by click
-        wait_until(lambda: el("done").is_displayed() and el("progress-text").text == "5 / 5")
+        settled(lambda: el("done").is_displayed() and el("progress-text").text == "5 / 5")
 
         expected = ["left", "right", "right", "same", "different"]
         stored = svc.store.answers(alice.id)

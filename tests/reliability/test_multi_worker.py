@@ -70,7 +70,10 @@ def test_two_workers_killed_restarted_and_matching_one_worker(one_worker, tmp_pa
     run = tmp_path / "run"
     extra = ["--saved-models-dir", tmp_path / "saved_models"]
     procs = _start_job(2, run, tmp_path, extra)
-    kill_when(procs, lambda: len(history_rows(run)) >= 1 and list((run / "backup").glob("ckpt-*.index")))
+    # the checkpoint counts once CheckpointManager has also written its "checkpoint" state file
+    # (the ckpt-*.index appears first; a kill between the two restarts from scratch, correctly)
+    kill_when(procs, lambda: len(history_rows(run)) >= 1 and (run / "backup" / "checkpoint").is_file()
+              and list((run / "backup").glob("ckpt-*.index")))
     assert not (run / "metrics.json").exists()
 
     logs = _wait(_start_job(2, run, tmp_path, extra), tmp_path, run)
