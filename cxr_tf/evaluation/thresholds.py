@@ -120,8 +120,9 @@ def choose_threshold(y_true_binary, score, method: str = "youden", target: float
         score: (N,) positive-class scores (or (N, 2) probabilities).
         method: "youden" maximises sensitivity + specificity - 1 over the observed
             scores (ties -> the highest such threshold); "sensitivity" returns the
-            highest threshold with sensitivity >= ``target``.
-        target: required sensitivity for method="sensitivity", in (0, 1].
+            highest threshold with sensitivity >= ``target``; "specificity" the
+            lowest threshold with specificity >= ``target``.
+        target: required sensitivity / specificity, in (0, 1].
 
     Returns:
         The threshold, an observed score value; predict positive when score >= it.
@@ -139,4 +140,12 @@ def choose_threshold(y_true_binary, score, method: str = "youden", target: float
         if target is None:
             raise CXRInputError(None, 'method="sensitivity" needs a target, e.g. target=0.95')
         return float(_threshold_for_sensitivity(y, s, target))
-    raise CXRInputError(None, f'unknown method {method!r}; use "youden" or "sensitivity"')
+    if method == "specificity":
+        if target is None or not 0.0 < float(target) <= 1.0:
+            raise CXRInputError(None, f'method="specificity" needs a target in (0, 1], e.g. target=0.95; got {target}')
+        # Lowest threshold with specificity >= target: the k lowest negatives must fall
+        # below it, so it sits just above the k-th lowest negative score.
+        neg = np.sort(s[~y])
+        k = max(1, math.ceil(round(float(target) * len(neg), 9)))
+        return float(np.nextafter(neg[k - 1], np.inf))
+    raise CXRInputError(None, f'unknown method {method!r}; use "youden", "sensitivity" or "specificity"')
