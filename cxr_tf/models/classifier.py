@@ -38,13 +38,17 @@ class CXRClassifier(keras.Model):
         num_classes: number of outputs.
         image_size: input side in pixels.
         head: ``"gap"`` or ``"fc256-128"``: GAP then hidden Dense(ReLU) layers then
-            the output Dense. Default ``fc256-128`` is the seed-004 "extra FC" head
-            (with conv5 trainable it reproduces the seed's 15,556,355 parameters).
+            the output Dense. Default ``fc256-128`` is the seed-004 "extra FC" head.
+            With ResNet50, ``freeze_until=143`` (= ``"conv5_block1_1_conv"``: all of
+            conv5 trainable) gives the seed's 15,556,355 trainable parameters; the
+            default ``144`` also freezes ``conv5_block1_1_conv`` (15,009,027).
         dropout: dropout rate before each Dense of the head (0 disables).
         freeze_until: freeze backbone layers with reference index ``< freeze_until``
-            (keras.applications numbering, index 0 = input: ResNet50 ``144`` =
-            ``conv5_block1_1_bn``); frozen BatchNorm layers run in inference mode.
-            ``0`` trains everything; ``-1`` freezes the whole backbone.
+            (keras.applications numbering, index 0 = input: ResNet50 ``143`` =
+            ``conv5_block1_1_conv``, ``144`` = ``conv5_block1_1_bn``), or a layer
+            name: freeze every layer before it (that layer is the first trainable
+            one). Frozen BatchNorm layers run in inference mode. ``0`` trains
+            everything; ``-1`` freezes the whole backbone.
         weights: ``None``, ``"imagenet"`` or a local weights file (backbone only).
         multilabel: sigmoid outputs instead of softmax.
         class_names: stored with the model (reports, export).
@@ -61,7 +65,7 @@ class CXRClassifier(keras.Model):
         image_size: int = 224,
         head: str = "fc256-128",
         dropout: float = 0.0,
-        freeze_until: int = 144,
+        freeze_until: int | str = 144,
         weights: str | None = None,
         multilabel: bool = False,
         class_names: list[str] | None = None,
@@ -121,8 +125,23 @@ class CXRClassifier(keras.Model):
             raise CXRModelError(f"backbone index {index} outside 1..{len(self.backbone_layer_names)}")
         return self.get_layer(self.backbone_layer_names[index - 1])
 
-    def set_freeze(self, freeze_until: int) -> None:
-        """(Re)freeze: backbone layers with reference index < ``freeze_until`` are frozen."""
+    def freeze_index(self, freeze_until: int | str) -> int:
+        """A reference index from an index, a digit string or a backbone layer name."""
+        if isinstance(freeze_until, str):
+            s = freeze_until.strip()
+            if s.lstrip("-").isdigit():
+                return int(s)
+            if s not in self.backbone_layer_names:
+                near = [n for n in self.backbone_layer_names if s.split("_")[0] in n][:5]
+                raise CXRConfigError(f"freeze_until: {s!r} is not a layer of {self.backbone}"
+                                     + (f" (similar: {', '.join(near)})" if near else ""))
+            return self.backbone_layer_names.index(s) + 1
+        return int(freeze_until)
+
+    def set_freeze(self, freeze_until: int | str) -> None:
+        """(Re)freeze: backbone layers with reference index < ``freeze_until`` are frozen
+        (or every layer before the named one)."""
+        freeze_until = self.freeze_index(freeze_until)
         n = len(self.backbone_layer_names)
         if freeze_until < -1 or freeze_until > n + 1:
             raise CXRConfigError(f"freeze_until must be in -1..{n + 1} for {self.backbone}; received {freeze_until}")

@@ -41,6 +41,22 @@ def test_freeze_counts(resnet):
         resnet.set_freeze(500)
 
 
+def test_freeze_until_accepts_a_layer_name(resnet):
+    # a name freezes every layer before it: conv5_block1_1_conv is reference index 143
+    resnet.set_freeze("conv5_block1_1_conv")
+    assert resnet.freeze_until == 143 and resnet.backbone_layer(143).trainable
+    assert not resnet.backbone_layer(142).trainable
+    assert resnet.get_config()["freeze_until"] == 143
+    resnet.set_freeze("144")  # a digit string from a CLI flag
+    assert resnet.freeze_until == 144 and not resnet.backbone_layer(143).trainable
+    with pytest.raises(CXRConfigError, match="'conv9_block1' is not a layer of resnet50"):
+        resnet.set_freeze("conv9_block1")
+    m = build_model("tiny_cnn", num_classes=2, image_size=32, freeze_until="block2_conv")
+    names = m.backbone_layer_names
+    assert all(not m.get_layer(n).trainable for n in names[: names.index("block2_conv")])
+    assert m.get_layer("block2_conv").trainable
+
+
 def test_frozen_batchnorm_runs_in_inference_mode():
     m = build_model("tiny_cnn", num_classes=2, image_size=32, freeze_until=3)  # block1 conv+bn frozen
     bn = m.get_layer("block1_bn")
