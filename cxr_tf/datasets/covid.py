@@ -259,3 +259,32 @@ def shortcut_warnings(table: pd.DataFrame, threshold: float = SHORTCUT_SHARE) ->
             msgs.append(f"shortcut risk: source {src} is {per_class.max() / per_class.sum():.0%} "
                         f"'{per_class.idxmax()}' over all splits")
     return msgs
+
+
+def balance_sources(ds: CXRDataset, seed: int = 0) -> CXRDataset:
+    """A source-balanced design: every class drawn from the same sources in the same proportions.
+
+    Per source, as many images of each class as that source's rarest class has (seeded
+    draw); a source that lacks any of the classes is left out, because its look alone
+    would predict the label. Then the source no longer tells the class: a model must
+    learn the finding. Raises when no source holds every class (the data do not allow it).
+    """
+    rng = np.random.default_rng(seed)
+    src = ds.meta["source"].astype(str).to_numpy()
+    cls = ds.class_index()
+    keep, used = [], []
+    for s in sorted(set(src)):
+        counts = [int(((src == s) & (cls == c)).sum()) for c in range(ds.num_classes)]
+        n = min(counts)
+        if n == 0:
+            continue
+        used.append(f"{s} ({n} per class)")
+        for c in range(ds.num_classes):
+            keep.append(rng.permutation(np.flatnonzero((src == s) & (cls == c)))[:n])
+    if not keep:
+        raise CXRDatasetError(None, f"{ds.name}: no source holds every class {ds.class_names}; a source-balanced "
+                              "design is impossible with these sources (per source and class: "
+                              + source_mix(ds).to_string(index=False) + ")")
+    out = ds.subset(np.sort(np.concatenate(keep)), name=ds.name)
+    out.balanced_sources = used
+    return out

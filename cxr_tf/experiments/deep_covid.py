@@ -79,6 +79,10 @@ class DeepCovidConfig(TrainConfig):
     cam_method: str = "gradcam"
     export_models: str = "all"  # all | none | comma list
     saved_models_dir: str = "saved_models"
+    # Source-balanced design (issue 18): every class from the same sources in the same
+    # proportions (datasets.covid.balance_sources); --n-covid / --n-non-covid caps are not
+    # applied then, since they would undo the balance.
+    balance_sources: bool = False
 
     def apply_smoke(self) -> None:
         super().apply_smoke()
@@ -179,6 +183,8 @@ def run(cfg: DeepCovidConfig) -> dict:
     from cxr_tf.errors import CXRConfigError
     from cxr_tf.evaluation import (choose_threshold, classification_metrics, plot_pr, plot_probability_histograms,
                                    plot_roc, threshold_sweep)
+    from cxr_tf.evaluation.shortcuts import lead_figure, within_source_auc
+    from cxr_tf.evaluation.shortcuts import markdown as within_markdown
     from cxr_tf.models import build_model, list_backbones
     from cxr_tf.training.run import create_run_dir
 
@@ -189,7 +195,17 @@ def run(cfg: DeepCovidConfig) -> dict:
     run_dir = create_run_dir(cfg)
     common.log(f"run folder: {run_dir}; models: {names}; trunk: {cfg.trunk}")
     ds = load_data(cfg, binary=True)
-    ds = _draw(ds, {"non_covid": cfg.n_non_covid, "covid": cfg.n_covid}, cfg.seed)
+    if cfg.balance_sources:
+        from cxr_tf.datasets.covid import balance_sources
+
+        ds = balance_sources(ds, cfg.seed)
+        design = "source-balanced (" + ", ".join(ds.balanced_sources) + ")"
+        if cfg.smoke:  # keep the smoke run tiny; a uniform draw per class keeps the balance in expectation
+            ds = _draw(ds, {"non_covid": cfg.n_covid, "covid": cfg.n_covid}, cfg.seed)
+        common.log(f"design: {design}; class caps not applied")
+    else:
+        ds = _draw(ds, {"non_covid": cfg.n_non_covid, "covid": cfg.n_covid}, cfg.seed)
+        design = "mixed (as the paper)"
     common.log(ds.summary())
     ds = common.check_items(cfg, ds, run_dir)
     split = common.make_split(cfg, ds, run_dir)
@@ -206,7 +222,7 @@ def run(cfg: DeepCovidConfig) -> dict:
     held_out = set(ds.patient_ids[split != "train"])
     (run_dir / "trunks").mkdir(exist_ok=True)
 
-    sweeps, curves, rows, cam_rows, info = {}, {}, [], [], {}
+    sweeps, curves, rows, cam_rows, info, within_tables = {}, {}, [], [], {}, []
     speedup = None
     for k, name in enumerate(names):
         keras.utils.set_random_seed(cfg.seed)
@@ -266,6 +282,14 @@ def run(cfg: DeepCovidConfig) -> dict:
                                     title=f"{name}: predicted P(covid) on test")
         t_val = choose_threshold(y_val == 1, p_val[:, 1], method="sensitivity", target=0.98)
         m = classification_metrics(y_test, p_test, ds.class_names, threshold=t_val, n_boot=500)
+        # Within-source evaluation: the same test predictions scored inside each collection that
+        # holds both classes, where the source cannot tell COVID from the rest.
+        ws = within_source_auc(y_test == 1, p_test[:, 1], parts["test"].meta["source"].to_numpy(),
+                               min_per_class=3 if cfg.smoke else 10, n_boot=500, seed=cfg.seed)
+        ws.insert(0, "model", name)
+        ws.to_csv(out / "within_source.csv", index=False)
+        within_tables.append(ws)
+        lead = lead_figure(ws)
         pc = m["per_class"]["covid"]
         at98 = sw[sw["target_sensitivity"] == 0.98]
         rows.append({
@@ -274,6 +298,9 @@ def run(cfg: DeepCovidConfig) -> dict:
             "test_specificity_at_val_threshold": pc["specificity"]["value"],
             "test_threshold_sens98": float(at98["threshold"].iloc[0]) if len(at98) else None,
             "test_specificity_at_sens98": float(at98["specificity"].iloc[0]) if len(at98) else None,
+            "within_source": {r["source"]: [round(r["auc"], 4), round(r["auc_lo"], 4), round(r["auc_hi"], 4)]
+                              for _, r in ws[ws["evaluation"] == "within-source"].iterrows()},
+            "lead_evaluation": None if lead is None else f"{lead['evaluation']}:{lead['source']}",
             "head_best_epoch": best["epoch"], "feature_seconds": round(feat_s, 1), "head_seconds": round(head_s, 1),
             "assembled_vs_cached_max_diff": diff, **{f"pretrain_{a}": b for a, b in trunk_info.items()},
         })
@@ -297,6 +324,11 @@ def run(cfg: DeepCovidConfig) -> dict:
     summary_df = pd.DataFrame(rows)
     summary_df.to_csv(run_dir / "summary.csv", index=False)
     pd.DataFrame(cam_rows).to_csv(run_dir / "cam_border.csv", index=False)
+    within = pd.concat(within_tables, ignore_index=True) if within_tables else pd.DataFrame()
+    within.to_csv(run_dir / "within_source.csv", index=False)
+    within_md = [f"### {m}\n\n" + within_markdown(g.drop(columns="model")) for m, g in within.groupby("model", sort=False)] \
+        if len(within) else ["no source holds both classes in the test split"]
+    disagree = [r["model"] for r in rows if r["lead_evaluation"] and r["lead_evaluation"].startswith("within")]
     if speedup:
         run_dir.write_json("speedup.json", speedup)
     wall = round(time.time() - t0, 1)
@@ -304,7 +336,13 @@ def run(cfg: DeepCovidConfig) -> dict:
           f"Test: {int((parts['test'].class_index() == 1).sum())} COVID / "
           f"{int((parts['test'].class_index() == 0).sum())} non-COVID images; {cfg.image_size} px; trunk: "
           f"{cfg.trunk}; head: Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epochs on cached features "
-          "(best epoch by validation AUC).\n",
+          "(best epoch by validation AUC); design: "
+          f"{design}.\n",
+          "## Within-source evaluation (both classes from one collection, held-out patients)\n",
+          ("**The within-source AUC disagrees with the mixed test for " + ", ".join(disagree) + ": the mixed "
+           "figure is confounded by the source; lead with the within-source one.**\n" if disagree else
+           "Within-source and mixed AUCs agree within their CIs.\n"),
+          *within_md, "",
           "## Threshold sweep (test), 95% CIs: normal approximation (as the paper) and Wilson\n",
           sweep_markdown(sweeps), "",
           "## Summary\n", summary_df.to_string(index=False), "",
@@ -314,6 +352,8 @@ def run(cfg: DeepCovidConfig) -> dict:
           f"Wall time: {wall} s. Exports: {json.dumps(info)}"]
     (run_dir / "deep_covid.md").write_text("\n".join(md) + "\n")
     summary = {"models": names, "summary": rows, "cam_border": cam_rows, "speedup": speedup, "exports": info,
+               "design": design,
+               "within_source": within.to_dict("records"),
                "wall_seconds": wall, "shortcut_warnings": warns}
     run_dir.write_json("metrics.json", summary)
     common.log("\n" + sweep_markdown(sweeps))

@@ -136,3 +136,20 @@ def test_deep_covid_smoke_and_explain_cli_on_its_export(tmp_path, data_dir, writ
     assert list(t["file"]) == files and np.allclose(t[["p_non_covid", "p_covid"]].sum(1), 1, atol=1e-5)
     assert (out / f"{png.stem}_scorecam_overlay.png").is_file()
     assert (out / f"{dcm.stem}_scorecam_overlay.png").is_file()
+
+
+@pytest.mark.slow
+def test_deep_covid_source_balanced_design_and_within_source_table(tmp_path, data_dir):
+    assert deep_covid.main(["--smoke", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"),
+                            "--balance-sources", "--export-models", "none", "--measure-speedup", "false"]) == 0
+    run = sorted((tmp_path / "runs" / "deep_covid").iterdir())[-1]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["design"].startswith("source-balanced (covid19_radiography")
+    mix = pd.read_csv(run / "source_mix.csv")
+    # every class of every split comes from the same single collection
+    assert set(mix["source"]) == {"covid19_radiography"}
+    ws = pd.read_csv(run / "within_source.csv")
+    assert list(ws["evaluation"]) == ["mixed", "within-source"]
+    assert (ws["n_pos"] > 0).all() and (ws["n_neg"] > 0).all()
+    md = (run / "deep_covid.md").read_text()
+    assert "## Within-source evaluation" in md and "source-balanced" in md
