@@ -104,6 +104,10 @@ def test_compare_smoke_on_real_data(tmp_path, data_dir):
     cam = pd.read_csv(run / "cam_border.csv")
     assert list(cam["layer"]) == ["block3_relu", "fire9_concat"] and cam["border_share_mean"].between(0, 1).all()
     assert (run / "squeezenet" / "model.keras").is_file()
+    ws = pd.read_csv(run / "within_source.csv")
+    assert set(ws["model"]) == {"tiny_cnn", "squeezenet"}
+    assert (ws.groupby("model")["evaluation"].first() == "mixed").all()
+    assert "## Within-source evaluation" in md
 
 
 @pytest.mark.slow
