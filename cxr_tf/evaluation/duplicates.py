@@ -155,6 +155,25 @@ def format_counts(counts: dict) -> str:
     return "\n".join(lines)
 
 
+def duplicates_section(counts: dict) -> str:
+    """The report section: a count table and a link to the pairs and thumbnails."""
+    from ._utils import md_table
+
+    rows = [["pairs (groups, images)", f"{counts['pairs']} ({counts['groups']}, {counts['images_in_pairs']})"],
+            ["cross-split pairs", counts["cross_split_pairs"]],
+            ["patient-leakage pairs (different patients, different splits)", counts["patient_leakage_pairs"]],
+            ["cross-source pairs", counts["cross_source_pairs"]]]
+    rows += [[f"pairs {k}", v] for k, v in counts.get("by_split", {}).items()]
+    rows += [[f"pairs {k}", v] for k, v in counts.get("by_source", {}).items()]
+    if "dropped" in counts:
+        rows.append(["dropped by --dedupe", counts["dropped"]])
+    text = (f"Perceptual hash (DCT pHash, {counts['hash_bits']} bits), pairs at Hamming distance <= "
+            f"{counts['threshold']}: [duplicates.csv](duplicates.csv)")
+    if counts.get("thumbnails"):
+        text += f", closest pairs in [{counts['thumbnails']}]({counts['thumbnails']})"
+    return text + ".\n\n" + md_table(["", "count"], rows)
+
+
 # --------------------------------------------------------------------------- command line
 
 

@@ -161,6 +161,12 @@ def write_report(
         raise CXRInputError(None, "metrics must come from classification_metrics or multilabel_metrics")
     for heading, body in (extra_sections or {}).items():
         parts.append(f"## {heading}\n\n{body.strip()}")
+    dup = os.path.join(run_dir, "duplicates.json")  # written by the run's duplicate audit
+    if os.path.isfile(dup) and not any("duplicate" in h.lower() for h in (extra_sections or {})):
+        from .duplicates import duplicates_section
+
+        with open(dup, encoding="utf-8") as f:
+            parts.append("## Near-duplicate audit\n\n" + duplicates_section(json.load(f)))
     if plots:
         lines = ["## Plots"]
         for p in plots:

@@ -151,3 +151,32 @@ def test_audit_writes_csv_png_json(planted, tmp_path):
     assert counts["dropped"] == 30 and keep.sum() == 200
     with Image.open(tmp_path / "duplicates.png") as im:
         assert im.size[0] > 400 and im.size[1] > 200
+
+
+def test_run_flow_audits_dedupes_and_reports(planted, tmp_path):
+    """make_split (the shared experiment flow) writes the audit; --dedupe leaves the copies
+    in no split, splits.csv reloads that, and the run's report carries the counts."""
+    from cxr_tf.datasets import load_splits, save_splits
+    from cxr_tf.evaluation import classification_metrics, write_report
+    from cxr_tf.experiments import common
+    from cxr_tf.training.config import TrainConfig
+
+    ds, split, _ = planted
+    save_splits(tmp_path / "given.csv", ds, split)
+    cfg = TrainConfig(split=str(tmp_path / "given.csv"), dedupe=True, cache_dir=str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    run.mkdir()
+    s = common.make_split(cfg, ds, run)
+    assert (s == "").sum() == 30 and (s[:200] == "train").all() and len(ds.subset(s == "test")) == 0
+    assert (load_splits(run / "splits.csv", ds) == s).all()
+    for f in ("duplicates.csv", "duplicates.png", "duplicates.json"):
+        assert (run / f).is_file()
+    m = classification_metrics([0, 1, 0, 1], [[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]], ["a", "b"], n_boot=0)
+    text = (run / write_report(run, m, title="t")).read_text()
+    assert "## Near-duplicate audit" in text and "| patient-leakage pairs (different patients, different splits) | 30 |" in text
+    assert "| dropped by --dedupe | 30 |" in text
+    # without the flags the flow is unchanged: no audit files, split untouched
+    run2 = tmp_path / "run2"
+    run2.mkdir()
+    cfg2 = TrainConfig(split=str(tmp_path / "given.csv"), duplicate_audit=False)
+    assert (common.make_split(cfg2, ds, run2) == split).all() and not (run2 / "duplicates.csv").exists()
