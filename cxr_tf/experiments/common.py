@@ -79,7 +79,7 @@ def audit_split(cfg, ds: CXRDataset, split: np.ndarray, run) -> tuple[np.ndarray
     from cxr_tf.evaluation.duplicates import audit_duplicates, format_counts
 
     cache = Path(cfg.cache_dir) / "duplicates" if getattr(cfg, "cache_dir", None) else default_cache_dir()
-    counts, keep = audit_duplicates(ds, split, run, getattr(cfg, "duplicate_threshold", DEFAULT_THRESHOLD),
+    counts, keep = audit_duplicates(ds, split, Path(str(run)), getattr(cfg, "duplicate_threshold", DEFAULT_THRESHOLD),
                                     cache_dir=cache, dedupe=bool(getattr(cfg, "dedupe", False)))
     log(format_counts(counts))
     split = np.where(keep, split, "").astype(object)
