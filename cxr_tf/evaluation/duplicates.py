@@ -68,7 +68,7 @@ def _thumb(item, size: int) -> np.ndarray:
 
 
 def thumbnail_sheet(ds: CXRDataset, pairs: pd.DataFrame, path: str | os.PathLike, top: int = 24,
-                    size: int = 160, cols: int = 3) -> str | None:
+                    size: int = 160, cols: int = 3, title: str = "closest first", dpi: int = 90) -> str | None:
     """A PNG of the ``top`` closest pairs: image A, image B, with source, split and distance.
 
     Pairs are taken in order (closest first); pass a filtered table (e.g. only
@@ -99,11 +99,18 @@ def thumbnail_sheet(ds: CXRDataset, pairs: pd.DataFrame, path: str | os.PathLike
             ax.set_title(f"{r[f'source_{side}']}\n{name[:22]} [{r[f'split_{side}'] or '-'}]", fontsize=6)
         axes[rr, 2 * cc].text(0.02, 0.02, f"d={int(r['distance'])}", color="yellow", fontsize=8,
                               transform=axes[rr, 2 * cc].transAxes, va="bottom")
-    fig.suptitle(f"near-duplicate pairs (Hamming distance of {N_BITS}-bit pHash; closest first)", fontsize=9)
+    fig.suptitle(f"near-duplicate pairs (Hamming distance d of {N_BITS}-bit pHash; {title})", fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
+    from PIL import Image
+
+    # A 64-colour palette: the sheet is gray radiographs and a little text; this keeps it
+    # readable at about a third of the RGBA size (sheets are committed with results).
+    with Image.open(path) as im:
+        pal = im.convert("RGB").quantize(64, method=Image.Quantize.MEDIANCUT)
+    pal.save(path, optimize=True)
     return os.fspath(path)
 
 
@@ -129,13 +136,24 @@ def audit_duplicates(ds: CXRDataset, split: Sequence[str] | None, out_dir: str |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pairs = find_duplicates(ds, split, threshold, cache_dir)
-    pairs[["index_a", "index_b"] + CSV_COLUMNS].to_csv(out / "duplicates.csv", index=False)
+    table = pairs[["index_a", "index_b"] + CSV_COLUMNS].copy()
+    names = [str(n) for n in ds.item_names]
+    if names and all(os.path.isabs(n) for n in names):
+        # relative to the data's common folder: a committed or shared CSV names no folder of this machine
+        root = os.path.commonpath([os.path.dirname(n) for n in names])
+        for c in ("item_a", "item_b"):
+            table[c] = [os.path.relpath(n, root) for n in table[c]]
+    table.to_csv(out / "duplicates.csv", index=False)
     counts = {"threshold": int(threshold), "hash_bits": N_BITS, **duplicate_counts(pairs, len(ds))}
     keep = dedupe_mask(ds, pairs, split) if dedupe else np.ones(len(ds), bool)
     if dedupe:
         counts["dropped"] = int((~keep).sum())
     sheet = thumbnail_sheet(ds, pairs, out / "duplicates.png", top=top)
     counts["thumbnails"] = None if sheet is None else "duplicates.png"
+    if len(pairs) > top:  # the pairs nearest the threshold: where a false pair would show
+        far = pairs.iloc[::-1]
+        thumbnail_sheet(ds, far, out / "duplicates_borderline.png", top=top, title="farthest first")
+        counts["thumbnails_borderline"] = "duplicates_borderline.png"
     (out / "duplicates.json").write_text(json.dumps(counts, indent=2) + "\n")
     return counts, keep
 
@@ -171,7 +189,57 @@ def duplicates_section(counts: dict) -> str:
             f"{counts['threshold']}: [duplicates.csv](duplicates.csv)")
     if counts.get("thumbnails"):
         text += f", closest pairs in [{counts['thumbnails']}]({counts['thumbnails']})"
+    if counts.get("thumbnails_borderline"):
+        text += f", pairs nearest the threshold in [{counts['thumbnails_borderline']}]({counts['thumbnails_borderline']})"
     return text + ".\n\n" + md_table(["", "count"], rows)
+
+
+def threshold_check(ds: CXRDataset, n_planted: int = 100, seed: int = 0,
+                    cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The measurement behind the threshold, on a real file dataset.
+
+    Distances of planted copies (resized to another size and aspect, JPEG quality 30,
+    centred crops of 2%, 3% and 5% of each side's length in total) from their originals,
+    beside the smallest distances between images of *different* patients (distinct
+    radiographs, unless a collection repeats an image under two patients).
+
+    Returns:
+        One row per kind: ``kind, n, min, median, p95, max``.
+    """
+    import io
+
+    from PIL import Image
+
+    from cxr_tf.datasets.duplicates import hamming_pairs, hash_items, phash
+    from cxr_tf.io import read_image
+
+    def crop(im, f):
+        w, h = im.size
+        dx, dy = round(w * f / 2), round(h * f / 2)
+        return im.crop((dx, dy, w - dx, h - dy))
+
+    def jpeg(im):
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=30)
+        return Image.open(buf).convert("L")
+
+    kinds = {"resized 331x290": lambda im: im.resize((331, 290), Image.BICUBIC), "jpeg q30": jpeg,
+             "crop 2%": lambda im: crop(im, 0.02), "crop 3%": lambda im: crop(im, 0.03),
+             "crop 5%": lambda im: crop(im, 0.05)}
+    h = hash_items(ds, cache_dir)
+    pick = np.random.default_rng(seed).choice(len(ds), min(n_planted, len(ds)), replace=False)
+    dist = {k: [] for k in kinds}
+    for i in pick:
+        a = read_image(ds.items[i])
+        im = Image.fromarray(np.clip((a - a.min()) / max(np.ptp(a), 1e-6) * 255, 0, 255).astype(np.uint8))
+        for k, fn in kinds.items():
+            dist[k].append(int(np.bitwise_count(phash(np.asarray(fn(im), np.float32)) ^ h[i]).sum()))
+    i, j, d = hamming_pairs(h, threshold=N_BITS // 4)
+    other = ds.patient_ids[i] != ds.patient_ids[j]
+    dist["distinct patients: 20 closest pairs"] = sorted(d[other].tolist())[:20]
+    rows = [{"kind": k, "n": len(v), "min": min(v), "median": float(np.median(v)),
+             "p95": float(np.percentile(v, 95)), "max": max(v)} for k, v in dist.items() if v]
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- command line
@@ -213,8 +281,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--top", type=int, default=24, help="pairs on the thumbnail sheet")
     ap.add_argument("--cache-dir", default=None, help=f"hash cache (default {default_cache_dir()})")
+    ap.add_argument("--threshold-check", action="store_true",
+                    help="print the distances of planted copies and of the closest distinct images instead")
     a = ap.parse_args(argv)
     try:
+        if a.threshold_check:
+            for d in a.data_dir:
+                print(f"{d}:\n" + threshold_check(load_for_audit(d), seed=a.seed,
+                                                   cache_dir=a.cache_dir or default_cache_dir()).to_string(index=False))
+            return 0
         parts = [load_for_audit(d) for d in a.data_dir]
         for d in parts:
             d.class_names = ["x"]  # labels differ between sources and play no part in the audit
