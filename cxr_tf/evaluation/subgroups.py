@@ -66,6 +66,17 @@ def _group_values(meta: pd.DataFrame, attribute: str) -> np.ndarray | None:
     return v.replace({"": MISSING, "nan": MISSING}).to_numpy(dtype=object)
 
 
+def subgroup_attributes(meta: pd.DataFrame, attributes: Sequence[str] = DEFAULT_ATTRIBUTES) -> list[str]:
+    """The attributes ``meta`` can be split by (``age_band`` from an ``age`` column), with
+    at least one known value: a column that is all missing gives no subgroups."""
+    out = []
+    for a in attributes:
+        v = _group_values(meta, a)
+        if v is not None and (v != MISSING).any():
+            out.append(a)
+    return out
+
+
 @dataclasses.dataclass
 class SubgroupTable:
     """The subgroup table: ``frame`` (one row per subgroup, the overall row first) and

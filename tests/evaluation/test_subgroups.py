@@ -94,3 +94,20 @@ def test_covid_and_nih_metadata_carry_subgroups(data_dir):
     assert {"sex", "age", "view"} <= set(nih.meta.columns)
     bands = age_band(nih.meta["age"])
     assert (bands != "unknown").all() and len(set(bands)) >= 4
+
+
+def test_evaluate_predictions_adds_the_subgroup_table(case, tmp_path):
+    import json
+
+    from cxr_tf.evaluation import evaluate_predictions
+
+    y, p, meta = case
+    m = evaluate_predictions(y, p, ["neg", "pos"], tmp_path, title="t", n_boot=200, meta=meta)
+    assert m["subgroups"]["attributes"] == ["sex", "age_band", "view"] and "view=AP" in m["subgroups"]["flagged"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["subgroups"] == m["subgroups"]
+    report = (tmp_path / "report.md").read_text()
+    assert "## Subgroups" in report and "| view | AP |" in report
+    assert pd.read_csv(tmp_path / "subgroups.csv").shape[0] == 1 + 3 + 5 + 2  # all, sex M/F/unknown, 5 bands, 2 views
+    # metadata without subgroup columns: no table, metrics unchanged
+    m2 = evaluate_predictions(y, p, ["neg", "pos"], tmp_path / "b", title="t", n_boot=0, meta=meta[["patient_id"]])
+    assert "subgroups" not in m2 and not (tmp_path / "b" / "subgroups.csv").exists()
