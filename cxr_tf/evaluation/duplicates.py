@@ -63,7 +63,8 @@ def _thumb(item, size: int) -> np.ndarray:
     lo, hi = np.percentile(a, [0.5, 99.5])
     a = np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1)
     im = Image.fromarray((a * 255).astype(np.uint8))
-    im.thumbnail((size, size))  # keeps the aspect: a squashed copy must look squashed
+    scale = size / max(im.size)  # fit the cell, up or down, keeping the aspect: a squashed copy must look squashed
+    im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.BILINEAR)
     return np.asarray(im)
 
 
@@ -86,21 +87,35 @@ def thumbnail_sheet(ds: CXRDataset, pairs: pd.DataFrame, path: str | os.PathLike
 
     sel = pairs.head(top)
     rows = int(np.ceil(len(sel) / cols))
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * 1.9, rows * 2.15), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
+    # One mosaic image on one axes: 48 separate axes take seconds to lay out and draw.
+    label, gap = size // 4, size // 6  # text band above each row, gap between pairs
+    cell_w = 2 * size + gap
+    mosaic = np.full((rows * (size + label), cols * cell_w), 255, np.uint8)
+    texts = []
     for k, (_, r) in enumerate(sel.iterrows()):
         rr, cc = divmod(k, cols)
-        for side, col in (("a", 2 * cc), ("b", 2 * cc + 1)):
-            idx = int(r[f"index_{side}"])
-            ax = axes[rr, col]
-            ax.imshow(_thumb(ds.items[idx], size), cmap="gray", vmin=0, vmax=255)
+        y0 = rr * (size + label) + label
+        for s_i, side in enumerate(("a", "b")):
+            t = _thumb(ds.items[int(r[f"index_{side}"])], size)
+            x0 = cc * cell_w + s_i * size
+            oy, ox = (size - t.shape[0]) // 2, (size - t.shape[1]) // 2
+            mosaic[y0 + oy:y0 + oy + t.shape[0], x0 + ox:x0 + ox + t.shape[1]] = t
             name = os.path.basename(str(r[f"item_{side}"]))
-            ax.set_title(f"{r[f'source_{side}']}\n{name[:22]} [{r[f'split_{side}'] or '-'}]", fontsize=6)
-        axes[rr, 2 * cc].text(0.02, 0.02, f"d={int(r['distance'])}", color="yellow", fontsize=8,
-                              transform=axes[rr, 2 * cc].transAxes, va="bottom")
-    fig.suptitle(f"near-duplicate pairs (Hamming distance d of {N_BITS}-bit pHash; {title})", fontsize=9)
-    fig.tight_layout()
+            texts.append((x0 + size / 2, y0 - 2, f"{r[f'source_{side}']}\n{name[:24]} [{r[f'split_{side}'] or '-'}]",
+                          "black", "bottom"))
+        texts.append((cc * cell_w + 4, y0 + size - 4, f"d={int(r['distance'])}", "white", "bottom"))
+    h, w = mosaic.shape
+    fig = plt.figure(figsize=(w / dpi, h / dpi + 0.3), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, h / (h + 0.3 * dpi)))
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.axis("off")
+    for x, y, text, color, va in texts:
+        if color == "black":
+            ax.text(x, y, text, color=color, fontsize=6, ha="center", va=va)
+        else:  # the distance, white on a black box: readable on any radiograph and after quantising
+            ax.text(x, y, text, color=color, fontsize=8, ha="left", va=va, bbox={"facecolor": "black", "pad": 1})
+    fig.suptitle(f"near-duplicate pairs (Hamming distance d of {N_BITS}-bit pHash; {title})", fontsize=9,
+                 y=1 - 0.05 / (h / dpi + 0.3))
     os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
