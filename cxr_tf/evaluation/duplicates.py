@@ -33,9 +33,11 @@ CSV_COLUMNS = ["item_a", "item_b", "split_a", "split_b", "source_a", "source_b",
 def duplicate_counts(pairs: pd.DataFrame, n_items: int | None = None) -> dict:
     """Counts for the report: pairs, groups, cross-split, patient-leakage and cross-source
     pairs, and pairs per (source, source) and (split, split) combination."""
-    def combo(a, b):
-        return pairs.apply(lambda r: " / ".join(sorted((str(r[a]), str(r[b])))), axis=1).value_counts().to_dict() \
-            if len(pairs) else {}
+    def combo(a, b):  # "x / y" with the names sorted, so (x, y) and (y, x) count together
+        x, y = pairs[a].astype(str).to_numpy(), pairs[b].astype(str).to_numpy()
+        keys = np.where(x <= y, np.char.add(np.char.add(x.astype("U"), " / "), y.astype("U")),
+                        np.char.add(np.char.add(y.astype("U"), " / "), x.astype("U")))
+        return pd.Series(keys).value_counts().to_dict() if len(pairs) else {}
 
     out = {
         "pairs": int(len(pairs)),
