@@ -165,6 +165,8 @@ def audit_duplicates(ds: CXRDataset, split: Sequence[str] | None, out_dir: str |
     keep = dedupe_mask(ds, pairs, split) if dedupe else np.ones(len(ds), bool)
     if dedupe:
         counts["dropped"] = int((~keep).sum())
+    for stale in ("duplicates.png", "duplicates_borderline.png"):  # a rerun must not show an old sheet
+        (out / stale).unlink(missing_ok=True)
     sheet = thumbnail_sheet(ds, pairs, out / "duplicates.png", top=top)
     counts["thumbnails"] = None if sheet is None else "duplicates.png"
     if len(pairs) > top:  # the pairs nearest the threshold: where a false pair would show
