@@ -99,8 +99,12 @@ def _ml_mean_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def _stats(y, prob, names, multilabel, threshold, n_boot, seed, alpha) -> dict:
-    """Point values and CIs of one group: auc, accuracy (+ sensitivity, specificity)."""
+def _stats(y, prob, names, multilabel, threshold, n_boot, seed, alpha, min_class: int = 0) -> dict:
+    """Point values and CIs of one group: auc, accuracy (+ sensitivity, specificity).
+
+    The AUC is left out (None) when a class has fewer than ``min_class`` examples in the
+    group: a bootstrap over one positive only resamples the negatives, and its interval
+    would look narrow while saying nothing."""
     if multilabel:
         auc = _ml_mean_auc(y, prob)
         lo, hi = bootstrap_ci(_ml_mean_auc, y, prob, n_boot=n_boot, seed=seed, alpha=alpha, stratified=False) \
@@ -110,6 +114,8 @@ def _stats(y, prob, names, multilabel, threshold, n_boot, seed, alpha) -> dict:
     m = classification_metrics(y, prob, names, threshold=threshold, n_boot=n_boot, seed=seed, alpha=alpha)
     out = {"n": m["n"], "auc": m["macro_auc"]["value"], "auc_ci": m["macro_auc"]["bootstrap_ci"],
            "accuracy": m["accuracy"]["value"], "accuracy_ci": m["accuracy"]["wilson_ci"]}
+    if min(pc["support"] for pc in m["per_class"].values()) < min_class:
+        out["auc"], out["auc_ci"] = None, None
     if len(names) == 2:  # sensitivity / specificity of the positive (second) class
         pos = m["per_class"][names[1]]
         out["n_positive"] = pos["support"]
@@ -128,6 +134,7 @@ def subgroup_metrics(
     multilabel: bool = False,
     threshold: float | None = None,
     min_size: int = 10,
+    min_class: int = 5,
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
@@ -146,6 +153,8 @@ def subgroup_metrics(
             :func:`~cxr_tf.evaluation.classification_metrics`.
         min_size: groups smaller than this are listed with ``n`` only (no metrics,
             never flagged): their CIs would span everything.
+        min_class: a group with fewer examples of some class gets no AUC (single-label);
+            its proportions keep their Wilson CIs, which stay honest at small counts.
         n_boot, seed, alpha: bootstrap resamples, seed and 1 - confidence level.
 
     Returns:
@@ -178,7 +187,7 @@ def subgroup_metrics(
                 rows.append({"attribute": attr, "group": g, "n": len(idx)})
                 continue
             try:
-                st = _stats(y[idx], prob[idx], names, multilabel, threshold, n_boot, seed, alpha)
+                st = _stats(y[idx], prob[idx], names, multilabel, threshold, n_boot, seed, alpha, min_class)
             except CXRInputError:  # e.g. a group of one class only: no AUC, but keep the row
                 st = {"n": len(idx)}
             rows.append({"attribute": attr, "group": g, **st})

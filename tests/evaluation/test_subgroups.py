@@ -111,3 +111,16 @@ def test_evaluate_predictions_adds_the_subgroup_table(case, tmp_path):
     # metadata without subgroup columns: no table, metrics unchanged
     m2 = evaluate_predictions(y, p, ["neg", "pos"], tmp_path / "b", title="t", n_boot=0, meta=meta[["patient_id"]])
     assert "subgroups" not in m2 and not (tmp_path / "b" / "subgroups.csv").exists()
+
+
+def test_group_with_too_few_of_a_class_gets_no_auc():
+    rng = np.random.default_rng(4)
+    y = np.r_[np.zeros(40, int), np.ones(40, int)]
+    p = np.clip(0.3 + 0.4 * y + 0.3 * rng.random(80), 0, 1)
+    group = np.array(["a"] * 80, dtype=object)
+    group[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 40, 41]] = "b"  # b: 10 negatives, 2 positives
+    t = subgroup_metrics(y, p, pd.DataFrame({"view": group}), ["neg", "pos"], n_boot=100, attributes=("view",))
+    f = t.frame.set_index(["attribute", "group"])
+    assert pd.isna(f.loc[("view", "b"), "auc"]) and not f.loc[("view", "b"), "auc_flag"]
+    assert f.loc[("view", "b"), "sensitivity"] == pytest.approx(1.0)  # proportions are still given, with Wilson CIs
+    assert f.loc[("view", "a"), "auc"] == pytest.approx(roc_auc_score(y[group == "a"], p[group == "a"]))
