@@ -100,7 +100,7 @@ def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: st
            "skipped": len(skipped), "threshold": threshold}
     metrics = evaluate_predictions(ds.class_index(), prob, model.class_names, out,
                                    title=f"{Path(model_path).parent.name} v{Path(model_path).name} on {Path(data_dir).name}",
-                                   config=cfg, threshold=threshold)
+                                   config=cfg, threshold=threshold, meta=ds.meta)
     np.savez_compressed(os.path.join(out, "predictions.npz"), y_true=ds.class_index(), y_prob=prob,
                         items=np.asarray(ds.item_names))
     print(f"[cxr_tf] evaluated {len(ds)} images in {time.time() - t0:.0f}s: accuracy "

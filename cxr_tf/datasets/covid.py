@@ -52,8 +52,15 @@ def _one_hot(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
     return y
 
 
-def load_covid_ieee8023(root: str | os.PathLike, views: Sequence[str] | None = FRONTAL_VIEWS) -> CXRDataset:
-    """COVID-19 images of the ieee8023 collection (``index.csv``; ``images_256/`` PNGs)."""
+def load_covid_ieee8023(root: str | os.PathLike, views: Sequence[str] | None = FRONTAL_VIEWS,
+                        covid_only: bool = True) -> CXRDataset:
+    """COVID-19 images of the ieee8023 collection (``index.csv``; ``images_256/`` PNGs).
+
+    ``meta`` carries ``view``, ``finding`` and, where ``index.csv`` has them, ``sex`` and
+    ``age`` (for subgroup metrics). ``covid_only=False`` keeps every finding (labelled
+    ``pneumonia`` for non-COVID findings, ``normal`` for "No Finding"): the duplicate
+    audit looks at every image of the collection.
+    """
     root = Path(root)
     index = root / "index.csv"
     if not index.is_file():
@@ -62,7 +69,8 @@ def load_covid_ieee8023(root: str | os.PathLike, views: Sequence[str] | None = F
     for col in ("png", "patientid", "covid", "view"):
         if col not in df.columns:
             raise CXRDatasetError(index, f"missing column {col!r} (has {list(df.columns)})")
-    df = df[df["covid"] == 1]
+    if covid_only:
+        df = df[df["covid"] == 1]
     if views is not None:
         df = df[df["view"].isin(views)]
     if df.empty:
@@ -71,8 +79,12 @@ def load_covid_ieee8023(root: str | os.PathLike, views: Sequence[str] | None = F
     missing = [p for p in items if not os.path.isfile(p)]
     if missing:
         raise CXRDatasetError(missing[0], f"listed in {index} but missing ({len(missing)} files)")
+    label = np.where(df["covid"] == 1, "covid", np.where(df["finding"] == "No Finding", "normal", "pneumonia"))
     meta = pd.DataFrame({"item": items, "patient_id": df["patientid"].astype(str).to_numpy(),
-                         "label": "covid", "view": df["view"].to_numpy(), "finding": df["finding"].to_numpy()})
+                         "label": label, "view": df["view"].to_numpy(), "finding": df["finding"].to_numpy()})
+    for col in ("sex", "age"):  # subgroup metadata (cxr_tf.evaluation.subgroups)
+        if col in df.columns:
+            meta[col] = df[col].to_numpy()
     meta["source"] = "covid_ieee8023"
     return CXRDataset(items, _one_hot(meta["label"], COVID_3CLASS), COVID_3CLASS, meta, name="covid_ieee8023")
 

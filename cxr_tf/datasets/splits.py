@@ -168,7 +168,9 @@ def save_splits(path: str | os.PathLike, ds: CXRDataset, split: Sequence[str]) -
 
 def load_splits(path: str | os.PathLike, ds: CXRDataset) -> np.ndarray:
     """Read a saved ``splits.csv`` back onto ``ds`` (items matched by name)."""
-    df = pd.read_csv(path)
+    # keep_default_na=False: an empty split ("", an item in no split, e.g. dropped by
+    # --dedupe) must read back as "", not as the string "nan" (which check_leakage counts).
+    df = pd.read_csv(path, keep_default_na=False)
     where = dict(zip(df["item"].astype(str), df["split"].astype(str)))
     names = ds.item_names
     keys = _match_saved(where, names)

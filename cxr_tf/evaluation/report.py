@@ -161,6 +161,12 @@ def write_report(
         raise CXRInputError(None, "metrics must come from classification_metrics or multilabel_metrics")
     for heading, body in (extra_sections or {}).items():
         parts.append(f"## {heading}\n\n{body.strip()}")
+    dup = os.path.join(run_dir, "duplicates.json")  # written by the run's duplicate audit
+    if os.path.isfile(dup) and not any("duplicate" in h.lower() for h in (extra_sections or {})):
+        from .duplicates import duplicates_section
+
+        with open(dup, encoding="utf-8") as f:
+            parts.append("## Near-duplicate audit\n\n" + duplicates_section(json.load(f)))
     if plots:
         lines = ["## Plots"]
         for p in plots:
@@ -198,6 +204,7 @@ def evaluate_predictions(
     threshold: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    meta=None,
 ) -> dict:
     """Full evaluation of exported predictions: metrics, plots, JSON and report.
 
@@ -215,6 +222,9 @@ def evaluate_predictions(
         threshold: binary only; decision threshold on P(class 1) (chosen on validation data).
         n_boot: bootstrap resamples for AUC CIs.
         seed: bootstrap seed.
+        meta: row-aligned metadata (``ds.meta``); where it has ``sex``, ``age`` or
+            ``view``, a subgroup table (``subgroups.csv/.md``, a report section and
+            ``metrics["subgroups"]``) is added (:mod:`cxr_tf.evaluation.subgroups`).
 
     Returns:
         The metrics dict (as from ``classification_metrics``).
@@ -241,6 +251,16 @@ def evaluate_predictions(
             "validation data; full table with normal-approximation CIs in `threshold_sweep.csv`.\n\n"
             + _sweep_markdown(sweep)
         )
+    if meta is not None:
+        from .subgroups import subgroup_attributes, subgroup_metrics, write_subgroups
+
+        attrs = subgroup_attributes(meta)
+        if attrs:
+            sub = subgroup_metrics(y, prob, meta, names, attributes=attrs, threshold=threshold, n_boot=n_boot,
+                                   seed=seed)
+            write_subgroups(sub, out_dir)
+            metrics["subgroups"] = {"attributes": attrs, "flagged": sub.flagged, "table": "subgroups.csv"}
+            extra["Subgroups"] = sub.markdown
     write_metrics_json(os.path.join(out_dir, "metrics.json"), metrics)
     write_report(out_dir, metrics, title=title, config=config, extra_sections=extra,
                  plots=[roc, pr, cmp, hist])

@@ -60,11 +60,30 @@ def make_split(cfg, ds: CXRDataset, run) -> np.ndarray:
     """Patient-level split from ``cfg.split``; saved as ``splits.csv`` in the run folder."""
     fr = parse_split(cfg.split)
     split = load_splits(cfg.split, ds) if fr is None else patient_split(ds, fr, seed=cfg.seed)
+    split, _ = audit_split(cfg, ds, split, run)
     save_splits(run / "splits.csv", ds, split)
     table = split_summary(ds, split)
     table.to_csv(run / "split_summary.csv", index=False)
     log("split (patient-level):\n" + table.to_string(index=False))
     return split
+
+
+def audit_split(cfg, ds: CXRDataset, split: np.ndarray, run) -> tuple[np.ndarray, dict | None]:
+    """Near-duplicate audit of the split (``--duplicate-audit``, on by default): writes
+    ``duplicates.csv/.png/.json`` into the run folder and returns ``(split, counts)``.
+    With ``--dedupe`` the dropped copies get the split name ``""`` (in no split), so
+    every later ``split == "train"`` leaves them out and ``splits.csv`` records them."""
+    if not (getattr(cfg, "duplicate_audit", False) or getattr(cfg, "dedupe", False)):
+        return split, None
+    from cxr_tf.datasets.duplicates import DEFAULT_THRESHOLD, default_cache_dir
+    from cxr_tf.evaluation.duplicates import audit_duplicates, format_counts
+
+    cache = Path(cfg.cache_dir) / "duplicates" if getattr(cfg, "cache_dir", None) else default_cache_dir()
+    counts, keep = audit_duplicates(ds, split, Path(str(run)), getattr(cfg, "duplicate_threshold", DEFAULT_THRESHOLD),
+                                    cache_dir=cache, dedupe=bool(getattr(cfg, "dedupe", False)))
+    log(format_counts(counts))
+    split = np.where(keep, split, "").astype(object)
+    return split, counts
 
 
 def check_items(cfg, ds: CXRDataset, run) -> CXRDataset:

@@ -60,6 +60,9 @@ class TrainConfig:
     cpu_devices: int = 0  # >1: MirroredStrategy over this many logical CPU devices
     deterministic: bool = False
     on_error: str = "raise"  # raise | skip
+    duplicate_audit: bool = True  # near-duplicate audit of the split (duplicates.csv/.png/.json in the run)
+    dedupe: bool = False  # drop near-duplicate copies after splitting (one kept per group, train preferred)
+    duplicate_threshold: int = 36  # pHash Hamming distance of 256 bits (cxr_tf.datasets.duplicates)
     runs_dir: str = "runs"
     run_dir: str | None = None  # reuse/resume this folder
     resume: bool = False  # resume the newest unfinished run of this experiment
