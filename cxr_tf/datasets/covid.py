@@ -133,6 +133,7 @@ def load_covid_dataset(
     binary: bool = False,
     views: Sequence[str] | None = FRONTAL_VIEWS,
     dedupe: bool = True,
+    ieee_all_findings: bool = False,
 ) -> CXRDataset:
     """The 3-class (or COVID vs non-COVID) dataset from the sources under ``data_dir``.
 
@@ -148,12 +149,15 @@ def load_covid_dataset(
         dedupe: group covid19_radiography images that copy another source's image with
             that image's patient (:func:`group_cross_source_duplicates`; the count is in
             ``ds.n_cross_source_duplicates``).
+        ieee_all_findings: also take ieee8023's non-COVID images (other pneumonias ->
+            pneumonia, "No Finding" -> normal): adult non-COVID images from the COVID
+            collection itself, which a source-balanced design needs.
     """
     data_dir = Path(data_dir)
     unknown = sorted(set(sources) - set(SOURCES))
     if unknown:
         raise CXRDatasetError(None, f"unknown sources {unknown}; choose from {list(SOURCES)}")
-    loaders = {"covid_ieee8023": lambda p: load_covid_ieee8023(p, views),
+    loaders = {"covid_ieee8023": lambda p: load_covid_ieee8023(p, views, covid_only=not ieee_all_findings),
                "covid19_radiography": load_covid19_radiography, "kermany224": load_kermany_pneumonia_normal}
     parts = []
     for s in sources:

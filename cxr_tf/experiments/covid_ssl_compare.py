@@ -154,7 +154,7 @@ def comparison_markdown(results: dict[str, dict], class_names: list[str]) -> str
     return "\n".join(lines)
 
 
-def load_data(cfg, binary: bool = False):
+def load_data(cfg, binary: bool = False, ieee_all_findings: bool = False):
     from cxr_tf.datasets import load_covid_dataset
     from cxr_tf.errors import CXRConfigError
 
@@ -166,7 +166,7 @@ def load_data(cfg, binary: bool = False):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = load_covid_dataset(cfg.data_dir, per_class=getattr(cfg, "per_class", None) or None, seed=cfg.seed,
-                                binary=binary)
+                                binary=binary, ieee_all_findings=ieee_all_findings)
     from cxr_tf.experiments.common import log
 
     for w in caught:

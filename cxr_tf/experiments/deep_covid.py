@@ -194,7 +194,8 @@ def run(cfg: DeepCovidConfig) -> dict:
         raise CXRConfigError(f"--models: unknown backbones {bad}; registered: {list_backbones()}")
     run_dir = create_run_dir(cfg)
     common.log(f"run folder: {run_dir}; models: {names}; trunk: {cfg.trunk}")
-    ds = load_data(cfg, binary=True)
+    # the balanced design also needs ieee8023's own non-COVID images (adult, same collection)
+    ds = load_data(cfg, binary=True, ieee_all_findings=cfg.balance_sources)
     if cfg.balance_sources:
         from cxr_tf.datasets.covid import balance_sources
 
