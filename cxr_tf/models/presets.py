@@ -631,3 +631,76 @@ def classifier_from_preset(preset, num_classes: int | None = None, class_names=N
     model = CXRClassifier(backbone=p.backbone, num_classes=num_classes or len(p.class_names),
                           class_names=class_names, weights=f"{PREFIX}{p.path}", **kwargs)
     return model
+
+
+# ----------------------------------------------------------------------------- from a run folder
+def _stat(v) -> dict | None:
+    """A metrics.json statistic -> ``{"value", "ci95"}`` (Wilson CI for proportions, bootstrap for AUC)."""
+    if not isinstance(v, dict) or v.get("value") is None:
+        return None
+    ci = v.get("wilson_ci") or v.get("bootstrap_ci")
+    return {"value": float(v["value"]), **({"ci95": [float(ci[0]), float(ci[1])]} if ci else {})}
+
+
+def metadata_from_run(run_dir: str | os.PathLike, name: str, licence: str | None = None) -> PresetMetadata:
+    """Metadata for a preset made from a finished run: its classes, size, threshold (chosen on
+    validation), test metrics with CIs, training images per split from ``splits.csv``, the
+    data source with its licence (``KNOWN_LICENCES`` or ``licence``), the command and argv."""
+    import pandas as pd
+
+    run = Path(run_dir)
+    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    model_cfg = json.loads((run / "model.json").read_text())["config"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    env = json.loads((run / "environment.json").read_text()) if (run / "environment.json").is_file() else {}
+    names = list(model_cfg["class_names"])
+    thr = metrics.get("threshold")
+    data_dir = str(cfg.get("data_dir") or "")
+    source = Path(data_dir).name if data_dir else f"synthetic ({cfg.get('experiment', 'run')} demo data)"
+    counts = {}
+    if (run / "splits.csv").is_file():
+        counts = pd.read_csv(run / "splits.csv")["split"].value_counts().to_dict()
+    training = [{"source": source, "images": int(counts.get("train", 0)),
+                 "licence": licence or KNOWN_LICENCES.get(source, "unknown: state it before sharing these weights"),
+                 "split": "train", "validation_images": int(counts.get("val", 0)),
+                 "held_out_test_images": int(counts.get("test", 0)),
+                 "split_file": "splits.csv of the run (patient-level)"}]
+    held_out = f"{source} test split ({metrics.get('n', counts.get('test', '?'))} images, patient-level)"
+    ms = {k: _stat(metrics.get(k)) for k in ("accuracy", "macro_auc")}
+    for c, pc in (metrics.get("per_class") or {}).items():
+        if len(names) == 2 and c != names[1]:
+            continue  # binary: sensitivity/specificity of the positive class say it all
+        for m in ("sensitivity", "specificity"):
+            ms[f"{m}_{c}"] = _stat(pc.get(m))
+    return PresetMetadata(
+        name=name, description=f"{model_cfg['backbone']} {len(names)}-class classifier from run {run.name} "
+                               f"({cfg.get('experiment', '?')})",
+        class_names=names, image_size=int(model_cfg["image_size"]),
+        thresholds={names[1]: float(thr)} if thr is not None and len(names) == 2 else {},
+        training_data=training, metrics={held_out: {k: v for k, v in ms.items() if v is not None}},
+        limitations=["Trained on one collection: expect lower specificity on radiographs from other sites, "
+                     "scanners or age groups; check on your own normals before use."],
+        command=" ".join(env.get("argv") or []) or f"(experiment {cfg.get('experiment', '?')})",
+        extra={"run_dir": str(run), "run_config": cfg})
+
+
+def save_preset_from_run(run_dir: str | os.PathLike, name: str, out: str | os.PathLike | None = None, *,
+                         weights_dtype: str = "float16", overwrite: bool = False,
+                         licence: str | None = None, description: str | None = None) -> Path:
+    """``cxr-tf presets save --run RUN --name NAME``: a finished run's best checkpoint as a preset
+    (default folder: the user cache, so ``preset:NAME`` finds it at once)."""
+    from cxr_tf.models.classifier import CXRClassifier
+
+    run = Path(run_dir)
+    ckpt = run / "checkpoints" / "best.weights.h5"
+    for f in (run / "model.json", run / "metrics.json", ckpt):
+        if not f.is_file():
+            raise CXRWeightsError(f"{f}: not found; presets are saved from a finished cxr_tf run "
+                                  "(model.json, metrics.json, checkpoints/best.weights.h5)")
+    meta = metadata_from_run(run, name, licence)
+    if description:
+        meta.description = description
+    model = CXRClassifier.from_config(json.loads((run / "model.json").read_text())["config"])
+    model.load_weights(str(ckpt))
+    return save_preset(model, Path(out) if out else presets_home() / name, meta,
+                       weights_dtype=weights_dtype, overwrite=overwrite)
