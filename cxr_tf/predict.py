@@ -48,13 +48,25 @@ class Predictor:
     predict: Callable[[list], np.ndarray]  # list of (H, W) float arrays -> (N, C) probabilities
 
 
-def _keras_predictor(model, description: str, thresholds: dict) -> Predictor:
+def graph_preprocessor(image_size: int):
+    """``prepare_float_batch`` traced with unknown height and width, as tf.data (training)
+    and the exported signatures run it. Eagerly, with the sizes known, TF's
+    ``resize_with_pad`` computes the resized side in Python and can differ by a pixel of
+    padding (224 -> 48: 48 eagerly, 47 + 1 px pad in a graph), so predict runs the graph's way."""
+    import tensorflow as tf
+
     from cxr_tf.data.preprocess import prepare_float_batch
 
+    return tf.function(lambda x: prepare_float_batch(x, image_size),
+                       input_signature=[tf.TensorSpec([None, None, None, None], tf.float32)])
+
+
+def _keras_predictor(model, description: str, thresholds: dict) -> Predictor:
     size = int(model.input.shape[1])
+    prepare = graph_preprocessor(size)
 
     def predict(arrays):
-        x = np.concatenate([prepare_float_batch(a[None, ..., None], size).numpy() for a in arrays])
+        x = np.concatenate([prepare(a[None, ..., None].astype(np.float32)).numpy() for a in arrays])
         return np.asarray(model.predict(x, verbose=0, batch_size=len(x)))
 
     names = list(getattr(model, "class_names", None) or [str(i) for i in range(int(model.output.shape[-1]))])
