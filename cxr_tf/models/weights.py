@@ -91,6 +91,8 @@ def save_backbone_weights(model, path: str) -> str:
 # ----------------------------------------------------------------------------- the resolver
 #: Every form a weights argument (``weights=``, ``--weights``, ``--init``, ``--trunk``) may take.
 WEIGHTS_FORMS = "none | imagenet | PATH | preset:NAME | run:DIR | ssl:DIR | https://...#sha256=HEX"
+#: Prefixes that mark a resolver form (rather than a plain file path) in a flag's value.
+RESOLVER_PREFIXES = ("preset:", "run:", "ssl:", "https://", "http://")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,4 +172,4 @@ def resolve_weights(spec) -> ResolvedWeights:
                               f"(weights forms: {WEIGHTS_FORMS})")
     if os.path.isfile(s):
         return ResolvedWeights("file", s, s)
-    raise CXRWeightsError(f"{s}: no such weights file or folder (weights forms: {WEIGHTS_FORMS})")
+    raise CXRWeightsError(f"{s}: weights file or folder not found (weights forms: {WEIGHTS_FORMS})")
