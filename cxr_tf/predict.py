@@ -84,7 +84,9 @@ def load_predictor(spec: str) -> Predictor:
 
     s = os.fspath(spec)
     path = Path(s)
-    if s.startswith((P.PREFIX, "https://", "http://")) or (path / P.CONFIG_FILE).is_file():
+    # A run folder has a config.json too; only a preset has metadata.json beside it.
+    if s.startswith((P.PREFIX, "https://", "http://")) or (
+            (path / P.CONFIG_FILE).is_file() and (path / P.METADATA_FILE).is_file()):
         from cxr_tf.models import CXRClassifier
 
         model = CXRClassifier.from_preset(s)

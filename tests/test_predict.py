@@ -95,6 +95,7 @@ def test_predict_from_run_folder_and_savedmodel(preset, real_files, tmp_path):
     preset.save_weights(str(run / "checkpoints" / "best.weights.h5"))
     (run / "model.json").write_text(json.dumps({"config": preset.get_config()}))
     (run / "metrics.json").write_text(json.dumps({"threshold": 0.61}))
+    (run / "config.json").write_text(json.dumps({"experiment": "x"}))  # a run's config is not a preset's
     s = predict_files(str(run), files, str(tmp_path / "run.csv"), verbose=0)
     by_run = pd.read_csv(tmp_path / "run.csv")
     assert s["thresholds"] == {"pneumonia": 0.61} and (by_run["threshold"] == 0.61).all()
