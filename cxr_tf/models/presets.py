@@ -189,6 +189,9 @@ def model_card(meta: PresetMetadata, config: dict | None = None) -> str:
         lines += [f"| {s['source']} | {s['images']:,} | {s['licence']} |" for s in meta.training_data]
     else:
         lines += ["Not stated."]
+    if "splits.csv" in (meta.extra.get("files") or []):
+        lines += ["", "Which images it saw: `splits.csv` in this folder (item, patient, split). Do not "
+                      "evaluate it on its train or val items."]
     lines += ["", "## Metrics (95% CI)", ""]
     if meta.metrics:
         lines += ["| held-out set | metric | value | 95% CI |", "|---|---|---:|---|"]
@@ -513,7 +516,8 @@ def _cxr_tf_version() -> str:
 
 
 def save_preset(model, directory: str | os.PathLike, metadata: PresetMetadata | dict | None = None, *,
-                weights_dtype: str = "float16", overwrite: bool = False) -> Path:
+                weights_dtype: str = "float16", overwrite: bool = False,
+                extra_files: dict | None = None) -> Path:
     """Write ``model`` (a :class:`CXRClassifier`) as a preset folder.
 
     Args:
@@ -524,6 +528,8 @@ def save_preset(model, directory: str | os.PathLike, metadata: PresetMetadata | 
             date, version and (when not given) commit and command are filled in.
         weights_dtype: ``float16`` (kernels stored in half precision: half the size) or ``float32``.
         overwrite: replace an existing folder.
+        extra_files: ``{name in the preset: source path}`` copied in, e.g. the run's
+            ``splits.csv`` (which images the preset trained, validated and was tested on).
 
     Returns:
         The folder. It is written under a temporary name and renamed when complete.
@@ -555,6 +561,12 @@ def save_preset(model, directory: str | os.PathLike, metadata: PresetMetadata | 
         if weights_dtype == "float16":
             _cast_kernels_float16(weights)
         meta.weights_sha256, meta.weights_dtype = sha256_file(weights), weights_dtype
+        for fname, src_path in (extra_files or {}).items():
+            if fname in (CONFIG_FILE, METADATA_FILE, CARD_FILE, WEIGHTS_FILE) or "/" in fname or os.sep in fname:
+                raise CXRConfigError(f"extra file name {fname!r} is reserved or not a plain file name")
+            shutil.copyfile(src_path, tmp / fname)
+        if extra_files:
+            meta.extra["files"] = sorted(extra_files)
         meta.created_utc = meta.created_utc or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         meta.cxr_tf_version = meta.cxr_tf_version or _cxr_tf_version()
         meta.git_commit = meta.git_commit or _git_commit()
@@ -665,7 +677,7 @@ def metadata_from_run(run_dir: str | os.PathLike, name: str, licence: str | None
     training = [{"source": source, "images": int(counts.get("train", 0)), "licence": licence or default_licence,
                  "split": "train", "validation_images": int(counts.get("val", 0)),
                  "held_out_test_images": int(counts.get("test", 0)),
-                 "split_file": "splits.csv of the run (patient-level)"}]
+                 "split_file": "splits.csv (copied from the run: item, patient, split)"}]
     held_out = f"{source} test split ({metrics.get('n', counts.get('test', '?'))} images, patient-level)"
     ms = {k: _stat(metrics.get(k)) for k in ("accuracy", "macro_auc")}
     per_class = metrics.get("per_class") or {}
@@ -706,5 +718,7 @@ def save_preset_from_run(run_dir: str | os.PathLike, name: str, out: str | os.Pa
         meta.description = description
     model = CXRClassifier.from_config(json.loads((run / "model.json").read_text())["config"])
     model.load_weights(str(ckpt))
+    splits = run / "splits.csv"
     return save_preset(model, Path(out) if out else presets_home() / name, meta,
-                       weights_dtype=weights_dtype, overwrite=overwrite)
+                       weights_dtype=weights_dtype, overwrite=overwrite,
+                       extra_files={"splits.csv": splits} if splits.is_file() else None)

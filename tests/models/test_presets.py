@@ -327,6 +327,9 @@ def test_presets_save_from_run(home, tmp_path, capsys):
     assert set_name.startswith("kermany224 test split") and ms["accuracy"]["ci95"][0] <= ms["accuracy"]["value"]
     assert {"accuracy", "macro_auc", "sensitivity", "specificity"} <= set(ms)  # binary: positive class's view
     assert p.metadata.command == "pneumonia_freeze.py --data-dir D"
+    # which images it saw travels with it
+    assert (p.path / "splits.csv").read_text() == (run / "splits.csv").read_text()
+    assert p.metadata.extra["files"] == ["splits.csv"]
     x = images()
     assert np.abs(CXRClassifier.from_preset("from_run").predict(x, verbose=0) - m.predict(x, verbose=0)).max() < 1e-3
     assert cli_main(["presets", "save", "--run", str(run), "--name", "from_run"]) == 2  # exists: no silent overwrite
