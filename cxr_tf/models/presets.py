@@ -382,9 +382,12 @@ def load_preset(spec: str | os.PathLike) -> Preset:
         url, sha = _split_url(s)
         return _download(url, sha, presets_home() / f"url-{sha[:16]}")
     local = Path(s).expanduser()
-    if local.is_dir():
+    plain_name = bool(_NAME_RE.match(s)) and os.sep not in s and "/" not in s
+    # A folder that holds a preset wins; a same-named unrelated folder in the working
+    # directory must not hide the cached or embedded preset of that name.
+    if local.is_dir() and ((local / CONFIG_FILE).is_file() or not plain_name):
         return read_preset(local, "folder")
-    if not _NAME_RE.match(s) or os.sep in s or s.startswith("."):
+    if not plain_name:
         raise CXRPresetNotFoundError(f"{s}: no such preset folder; installed presets: {_available()}")
     for base, source in ((presets_home(), "cache"), (embedded_dir(), "embedded")):
         if (base / s).is_dir():
@@ -413,7 +416,10 @@ def _safe_extract(archive: Path, dest: Path) -> Path:
             if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in Path(m.name).parts:
                 raise CXRWeightsError(f"{archive.name}: refusing archive member {m.name!r} (links and paths "
                                       "outside the folder are not allowed)")
-        tar.extractall(dest, filter="data")
+        try:
+            tar.extractall(dest, filter="data")
+        except TypeError:  # Python < 3.10.12 has no extraction filters; members were checked above
+            tar.extractall(dest)
     if (dest / CONFIG_FILE).is_file():
         return dest
     subs = [p for p in dest.iterdir() if p.is_dir() and (p / CONFIG_FILE).is_file()]

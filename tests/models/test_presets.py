@@ -138,7 +138,10 @@ def test_lookup_order_folder_cache_embedded_remote(home, monkeypatch):
     assert (p.source, p.metadata.description) == ("folder", "local copy")
     monkeypatch.chdir(home / "local")  # a relative folder name is a local folder first
     assert P.load_preset("same").source == "folder"
-    assert list_presets() == ["same"]
+    (home / "local" / "other").mkdir()  # ... but only when it holds a preset
+    _write(home, "cache", "other", "cached other")
+    assert P.load_preset("other").source == "cache"
+    assert list_presets() == ["other", "same"]
 
 
 def test_missing_name_lists_available(home, capsys):
