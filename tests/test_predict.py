@@ -124,3 +124,20 @@ def test_find_images_filters_folders(tmp_path):
     assert find_images([tmp_path]) == [str(tmp_path / "a.PNG"), str(tmp_path / "sub/b.dcm"),
                                        str(tmp_path / "sub/noext")]
     assert find_images([str(tmp_path / "notes.txt")]) == [str(tmp_path / "notes.txt")]  # named: always tried
+
+
+def test_predict_keras_file_multiclass_without_real_data(tmp_path):
+    """A .keras file and a 3-class model: argmax decisions, empty threshold column."""
+    from PIL import Image
+
+    m = build_model("tiny_cnn", num_classes=3, image_size=S, head="gap", freeze_until=0,
+                    class_names=["normal", "bacteria", "virus"])
+    m.save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (40 + 10 * k, 50), dtype=np.uint8)).save(tmp_path / f"i{k}.png")
+    s = predict_files(str(tmp_path / "m.keras"), [tmp_path], str(tmp_path / "out.csv"), verbose=0)
+    df = pd.read_csv(tmp_path / "out.csv")
+    assert s["images"] == 3 and list(df.columns[1:4]) == ["p_normal", "p_bacteria", "p_virus"]
+    assert (df["decision"] == df["predicted"]).all() and df["threshold"].isna().all()
+    assert (df["predicted"] == df[["p_normal", "p_bacteria", "p_virus"]].idxmax(1).str[2:]).all()
