@@ -337,3 +337,15 @@ def test_presets_save_from_run(home, tmp_path, capsys):
     assert np.abs(CXRClassifier.from_preset("from_run").predict(x, verbose=0) - m.predict(x, verbose=0)).max() < 1e-3
     assert cli_main(["presets", "save", "--run", str(run), "--name", "from_run"]) == 2  # exists: no silent overwrite
     assert cli_main(["presets", "save", "--run", str(tmp_path), "--name", "x"]) == 2
+
+
+def test_cache_location_default_and_override(monkeypatch, tmp_path):
+    monkeypatch.delenv("CXR_TF_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert P.presets_home() == tmp_path / ".cache" / "cxr_tf" / "presets"
+    monkeypatch.setenv("CXR_TF_HOME", str(tmp_path / "elsewhere"))
+    assert P.presets_home() == tmp_path / "elsewhere" / "presets"
+    assert P.embedded_dir() == Path(P.__file__).resolve().parents[1] / "presets"
+    # the shipped remote index: every entry a URL with a full sha256 (checked downloads only)
+    for name, e in json.loads((P.embedded_dir() / "remote.json").read_text()).items():
+        assert P._NAME_RE.match(name) and e["url"].startswith("https://") and P._SHA_RE.match(e["sha256"])
