@@ -21,6 +21,9 @@ CLASSES = ["normal", "pneumonia"]
 def preset(tmp_path, monkeypatch):
     """A tiny preset in a private user cache (name ``tiny``, threshold 0.5 + a margin)."""
     monkeypatch.setenv("CXR_TF_HOME", str(tmp_path / "home"))
+    import keras
+
+    keras.utils.set_random_seed(0)  # the same model every run
     m = build_model("tiny_cnn", num_classes=2, image_size=S, head="gap", freeze_until=0, class_names=CLASSES)
     rng = np.random.default_rng(0)
     for w in m.weights:
