@@ -7,6 +7,8 @@
     cxr-tf explain --model saved_models/NAME/VERSION IMAGE... [--method gradcam|gradcam++|scorecam]
     cxr-tf inspect saved_models/NAME/VERSION  (saved_model_cli show --all)
     cxr-tf info                               backbones, policies, experiments
+    cxr-tf presets list | show NAME | save --run RUN --name NAME   pretrained presets (cxr_tf.preset_command)
+    cxr-tf predict --model preset:NAME|saved_models/NAME/VERSION|RUN IMAGES_OR_DIR --out predictions.csv
     cxr-tf judge serve|add-rater|export ...   rater app for the perceptual test set (cxr_tf.judge.cli)
 """
 from __future__ import annotations
@@ -59,6 +61,10 @@ def main(argv=None) -> int:
     from cxr_tf.judge import cli as judge_cli
 
     judge_cli.add_arguments(sub.add_parser("judge", help="rater app: serve, add-rater, export (needs the judge extra)"))
+    from cxr_tf import predict as predict_cmd, preset_command
+
+    preset_command.add_arguments(sub.add_parser("presets", help="list, show or save pretrained presets"))
+    predict_cmd.add_arguments(sub.add_parser("predict", help="probabilities and decisions for unlabelled images"))
 
     if argv[:1] == ["train"]:
         a, rest = p.parse_known_args(argv)
@@ -74,6 +80,10 @@ def main(argv=None) -> int:
                                  a.splits, a.split_name)
         elif a.cmd == "judge":
             return judge_cli.run(a)
+        elif a.cmd == "presets":
+            preset_command.run(a)
+        elif a.cmd == "predict":
+            predict_cmd.run(a)
         elif a.cmd == "explain":
             explain_cmd.run(a)
         elif a.cmd == "augment-grid":

@@ -54,6 +54,18 @@ class CXRWeightsError(CXRError):
     """Pretrained weights cannot be obtained (offline, missing or mismatched file)."""
 
 
+class CXRPresetNotFoundError(CXRWeightsError):
+    """A preset name resolves to nothing (not a folder, not cached, not embedded, no URL)."""
+
+
+class CXRChecksumError(CXRWeightsError):
+    """A downloaded or cached file does not have the sha256 it was promised to have."""
+
+
+class CXRArchitectureError(CXRWeightsError):
+    """Weights were made for another backbone than the model asked for."""
+
+
 class CXRModelError(CXRError, ValueError):
     """A model cannot be built or used as asked (e.g. unknown layer name)."""
 

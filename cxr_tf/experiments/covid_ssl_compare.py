@@ -104,12 +104,19 @@ def model_list(cfg: CovidCompareConfig) -> list[str]:
 
 
 def parse_init(spec: str) -> dict[str, str]:
-    """``"unet_cbam_encoder=ssl:p.keras,resnet18=r.keras"`` / ``"ssl:p.keras"`` -> {backbone: path}."""
+    """``"unet_cbam_encoder=ssl:p.keras,resnet18=r.keras"`` / ``"ssl:p.keras"`` -> {backbone: path}.
+
+    ``NAME=preset:P`` / ``NAME=run:DIR`` / ``NAME=URL#sha256=..`` pass to the weights resolver."""
     from cxr_tf.errors import CXRConfigError
 
     out = {}
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         name, _, path = part.rpartition("=") if "=" in part else (SSL_BACKBONE, "", part)
+        if path.startswith(("preset:", "run:", "https://", "http://")):
+            if "=" not in part:
+                raise CXRConfigError(f"--init {part}: say which model it is for, NAME={part}")
+            out[name] = path  # checked by the weights resolver when the model is built
+            continue
         bare = path[4:] if path.startswith("ssl:") else path
         if not name or not bare:
             raise CXRConfigError(f"--init entries look like NAME=PATH or ssl:PATH; got {part!r}")

@@ -17,7 +17,8 @@ backbone briefly on Kermany pneumonia-vs-normal (in-domain, pediatric), excludin
 Kermany patient in this split's validation and test sets, then freezes it.
 ``--trunk imagenet`` keeps the paper's setting where weights can be downloaded;
 ``--trunk none`` uses random trunks; ``--trunk DIR`` loads ``DIR/<backbone>.keras`` (trunks
-a previous run saved in its ``trunks/`` folder).
+a previous run saved in its ``trunks/`` folder); ``--trunk preset:NAME`` (or ``run:DIR``,
+``ssl:DIR``, a checked URL) goes through the weights resolver (one backbone: ``--models``).
 
 Commands::
 
@@ -69,7 +70,7 @@ class DeepCovidConfig(TrainConfig):
     epochs: int = 100
     batch_size: int = 20
     lr: float = 1e-4
-    trunk: str = "pretrain"  # pretrain | imagenet | none | DIR with <backbone>.keras
+    trunk: str = "pretrain"  # pretrain | imagenet | none | DIR with <backbone>.keras | preset:NAME | run:DIR
     pretrain_images: int = 2000
     pretrain_epochs: int = 3
     pretrain_lr: float = 1e-3
@@ -186,6 +187,7 @@ def run(cfg: DeepCovidConfig) -> dict:
     from cxr_tf.evaluation.shortcuts import lead_figure, within_source_auc
     from cxr_tf.evaluation.shortcuts import markdown as within_markdown
     from cxr_tf.models import build_model, list_backbones
+    from cxr_tf.models.weights import RESOLVER_PREFIXES
     from cxr_tf.training.run import create_run_dir
 
     names = [m.strip() for m in cfg.models.split(",") if m.strip()]
@@ -236,6 +238,8 @@ def run(cfg: DeepCovidConfig) -> dict:
             common.log(f"warning: {name} with a random frozen trunk: only the last layer learns")
         elif cfg.trunk == "imagenet":
             weights = "imagenet"
+        elif cfg.trunk.startswith(RESOLVER_PREFIXES):
+            weights = cfg.trunk  # the resolver names a wrong backbone (CXRArchitectureError)
         else:
             weights = os.path.join(cfg.trunk, f"{name}.keras")
             if not os.path.isfile(weights):

@@ -16,7 +16,7 @@ finished cell (:mod:`cxr_tf.experiments.sweep`).
 Pretrained weights: ``--weights imagenet`` (Keras' loader; needs a download or the file
 in ``~/.keras/models``), ``--weights PATH`` (a Keras ResNet50 no-top weights file) or
 ``--weights run:DIR`` (the backbone of one of your earlier cxr_tf runs, e.g. a ResNet50
-trained on another CXR source). Freezing random weights only freezes noise, so
+trained on another CXR source) or ``--weights preset:NAME`` (a pretrained preset's trunk). Freezing random weights only freezes noise, so
 ``--weights none`` is refused unless ``--allow-random-frozen``.
 
 Commands::
@@ -72,7 +72,7 @@ class FreezeDepthConfig(PneumoniaFreezeConfig):
             raise CXRConfigError("--freeze-points must be layer indices >= 0 and --lrs > 0")
         if self.weights == "none" and max(pts) > 0 and not self.allow_random_frozen:
             raise CXRConfigError("--weights none freezes randomly initialised layers; give --weights imagenet|PATH|"
-                                 "run:DIR, or --allow-random-frozen to study random features on purpose")
+                                 "run:DIR|preset:NAME, or --allow-random-frozen to study random features on purpose")
 
     @property
     def freeze_list(self) -> list[int]:

@@ -156,19 +156,16 @@ def train_cell(cfg, ds: CXRDataset, split: np.ndarray, parent: RunDir, name: str
 
 
 def build_classifier(cfg, ds: CXRDataset):
-    """The experiment's classifier; ``--weights run:DIR`` copies the backbone from an earlier run."""
+    """The experiment's classifier; ``--weights`` takes every form of the one resolver
+    (``none | imagenet | PATH | preset:NAME | run:DIR | ssl:DIR | URL#sha256=``)."""
     from cxr_tf.models import build_model
-    from cxr_tf.models.transfer import is_run_weights, load_backbone_from_run
 
-    from_run = is_run_weights(cfg.weights)
     model = build_model(
         cfg.backbone, num_classes=ds.num_classes, image_size=cfg.image_size, head=cfg.head, dropout=cfg.dropout,
-        freeze_until=cfg.freeze_until, class_names=ds.class_names,
-        weights=None if cfg.weights == "none" or from_run else cfg.weights, bn_momentum=cfg.bn_momentum,
+        freeze_until=cfg.freeze_until, class_names=ds.class_names, weights=cfg.weights, bn_momentum=cfg.bn_momentum,
     )
-    if from_run:
-        n = load_backbone_from_run(model, cfg.weights)
-        common.log(f"backbone: {n} layers' weights from {cfg.weights}")
+    if model.weights_loaded:
+        common.log(f"weights: {model.weights_loaded} from {cfg.weights}")
     return model
 
 

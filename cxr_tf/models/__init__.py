@@ -1,5 +1,6 @@
 """Models: a registry of backbones and the flat functional CXRClassifier."""
 from cxr_tf.models.classifier import CXRClassifier, parse_head
+from cxr_tf.models.presets import PresetMetadata, list_presets, load_preset, save_preset
 from cxr_tf.models.registry import (
     BackboneSpec,
     get_backbone,
@@ -12,6 +13,8 @@ from cxr_tf.models.registry import (
 def build_model(backbone: str = "resnet50", **kwargs) -> CXRClassifier:
     """Build a registered classifier by backbone name (see :class:`CXRClassifier`).
 
+    ``weights`` takes any form of :data:`cxr_tf.models.weights.WEIGHTS_FORMS`, e.g.
+    ``weights="preset:NAME"`` (trunk from the preset; the head too when the classes match).
     ``weights="ssl:<path>"`` with ``backbone="unet_cbam_encoder"`` takes the encoder size
     (``unet_cbam_encoder_d{depth}w{width}``) from the SSL artifact's metadata.
     """

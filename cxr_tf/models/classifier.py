@@ -49,7 +49,11 @@ class CXRClassifier(keras.Model):
             name: freeze every layer before it (that layer is the first trainable
             one). Frozen BatchNorm layers run in inference mode. ``0`` trains
             everything; ``-1`` freezes the whole backbone.
-        weights: ``None``, ``"imagenet"`` or a local weights file (backbone only).
+        weights: where the starting weights come from, any form of
+            :data:`cxr_tf.models.weights.WEIGHTS_FORMS` (``None``, ``"imagenet"``, a file,
+            ``"preset:NAME"``, ``"run:DIR"``, ``"ssl:DIR"``, a checked URL). Files, runs and SSL
+            encoders give the backbone; a preset gives the backbone, and the head too when
+            head, classes and multi-label setting match (``weights_loaded`` says which).
         multilabel: sigmoid outputs instead of softmax.
         class_names: stored with the model (reports, export).
         bn_momentum: override the momentum of every BatchNormalization layer
@@ -81,10 +85,21 @@ class CXRClassifier(keras.Model):
         if not 0.0 <= dropout < 1.0:
             raise CXRConfigError(f"dropout must be in [0, 1); received dropout={dropout}")
 
+        from cxr_tf.models.weights import resolve_weights
+
+        # Resolved before building: an unknown preset or a missing file fails fast, by name.
+        source = resolve_weights(weights)
+        if source.kind == "preset" and source.preset.backbone != backbone:
+            from cxr_tf.errors import CXRArchitectureError
+
+            raise CXRArchitectureError(
+                f"preset {source.preset.name!r} ({source.path}) holds a {source.preset.backbone!r} backbone; "
+                f"this model is {backbone!r}. Use backbone={source.preset.backbone!r} or another preset.")
+
         # === Functional graph ===
         inputs = keras.Input((image_size, image_size, 1), name="image")
         x = BackboneInput(spec.input_mode, spec.channels, name="backbone_input")(inputs)
-        features, backbone_layers = spec.build(x, weights)
+        features, backbone_layers = spec.build(x, source.builder_arg())
         x = keras.layers.GlobalAveragePooling2D(name="head_gap")(features)
         for i, units in enumerate(hidden, start=1):
             if dropout:
@@ -117,6 +132,8 @@ class CXRClassifier(keras.Model):
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.momentum = bn_momentum
         self.set_freeze(freeze_until)
+        # Run and preset weights are copied by layer name once the graph exists.
+        self.weights_loaded = source.load_into(self)
 
     # ------------------------------------------------------------- freezing
     def backbone_layer(self, index: int) -> keras.layers.Layer:
@@ -171,6 +188,20 @@ class CXRClassifier(keras.Model):
             "bn_momentum": self.bn_momentum,
             "name": self.name,
         }
+
+    @classmethod
+    def from_preset(cls, preset, num_classes: int | None = None, class_names=None, **kwargs) -> "CXRClassifier":
+        """A classifier from a preset (a name, ``preset:NAME``, a folder or a checked URL).
+
+        With ``num_classes`` / ``class_names`` omitted or equal to the preset's (and no other
+        head, size or multi-label setting), this is the preset's own trained classifier;
+        otherwise a new head on the preset's trunk (``weights_loaded == "trunk"``).
+        ``kwargs`` go to the constructor (``freeze_until``, ``dropout``, ``head``, ...).
+        The preset is kept as ``model.preset`` (its metadata holds the thresholds).
+        """
+        from cxr_tf.models.presets import classifier_from_preset
+
+        return classifier_from_preset(preset, num_classes, class_names, **kwargs)
 
     @classmethod
     def from_config(cls, config):

@@ -1,0 +1,257 @@
+"""``cxr-tf predict``: probabilities and decisions for unlabelled images, as a CSV.
+
+    cxr-tf predict --model preset:NAME | saved_models/NAME/VERSION | RUN_DIR | model.keras \\
+                   IMAGES_OR_DIR... --out predictions.csv [--threshold T] [--on-error skip|raise]
+
+Every file is decoded by :func:`cxr_tf.io.read_image` (PNG, JPEG, DICOM with its
+photometric and VOI handling, ...) and prepared by the same TF ops as training and
+serving (:func:`cxr_tf.data.preprocess.prepare_float_batch`), so a file gives the same
+input whichever path it takes. Folders are searched recursively for image files
+(known extensions, or none: DICOMs often have none). Unreadable files are listed with
+their cause in ``<out stem>_skipped.csv`` (``--on-error skip``, the default).
+
+Columns: ``path``, ``p_<class>`` per class, ``predicted`` (most probable class),
+``decision`` and ``threshold``: binary models decide on the second class with the
+model's operating threshold (preset metadata, export metadata or the run's
+``metrics.json``; ``--threshold`` overrides; 0.5 when none is known); multi-class models
+decide by argmax (threshold empty); multi-label models list every class at or above its
+threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cxr_tf.errors import CXRConfigError, CXRImageError, CXRModelError, run_main
+
+#: Extensions a folder search picks up (files named explicitly are always tried).
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+@dataclasses.dataclass
+class Predictor:
+    """A model ready for prediction, whatever it was loaded from."""
+
+    description: str
+    class_names: list
+    image_size: int
+    multilabel: bool
+    thresholds: dict  # class name -> threshold, from the model's own metadata
+    predict: Callable[[list], np.ndarray]  # list of (H, W) float arrays -> (N, C) probabilities
+
+
+def graph_preprocessor(image_size: int):
+    """``prepare_float_batch`` traced with unknown height and width, as tf.data (training)
+    and the exported signatures run it. Eagerly, with the sizes known, TF's
+    ``resize_with_pad`` computes the resized side in Python and can differ by a pixel of
+    padding (224 -> 48: 48 eagerly, 47 + 1 px pad in a graph), so predict runs the graph's way."""
+    import tensorflow as tf
+
+    from cxr_tf.data.preprocess import prepare_float_batch
+
+    return tf.function(lambda x: prepare_float_batch(x, image_size),
+                       input_signature=[tf.TensorSpec([None, None, None, None], tf.float32)])
+
+
+def _keras_predictor(model, description: str, thresholds: dict) -> Predictor:
+    size = int(model.input.shape[1])
+    prepare = graph_preprocessor(size)
+
+    def predict(arrays):
+        x = np.concatenate([prepare(a[None, ..., None].astype(np.float32)).numpy() for a in arrays])
+        return np.asarray(model.predict(x, verbose=0, batch_size=len(x)))
+
+    names = list(getattr(model, "class_names", None) or [str(i) for i in range(int(model.output.shape[-1]))])
+    return Predictor(description, names, size, bool(getattr(model, "multilabel", False)), thresholds, predict)
+
+
+def _binary_threshold(names: list, value) -> dict:
+    return {names[1]: float(value)} if value is not None and len(names) == 2 else {}
+
+
+def load_predictor(spec: str) -> Predictor:
+    """``preset:NAME`` / a preset folder / a checked URL, a SavedModel version folder, a run
+    folder (``model.json`` + ``checkpoints/best.weights.h5``) or a ``.keras`` file."""
+    from cxr_tf.models import presets as P
+
+    s = os.fspath(spec)
+    path = Path(s)
+    # A run folder has a config.json too; only a preset has metadata.json beside it.
+    if s.startswith((P.PREFIX, "https://", "http://")) or (
+            (path / P.CONFIG_FILE).is_file() and (path / P.METADATA_FILE).is_file()):
+        from cxr_tf.models import CXRClassifier
+
+        model = CXRClassifier.from_preset(s)
+        p = model.preset
+        return _keras_predictor(model, f"preset {p.name} ({p.source}: {p.path})", dict(p.metadata.thresholds))
+    if (path / "saved_model.pb").is_file():
+        from cxr_tf.export import load_exported
+
+        exported = load_exported(path)
+        meta = exported.metadata.get("metadata") or exported.metadata
+        thr = meta.get("thresholds") or _binary_threshold(exported.class_names, meta.get("threshold"))
+
+        def predict(arrays):
+            # One call per image: the signature scales and resizes any size itself, exactly
+            # as prepare_float_batch does (it is the same function inside the export).
+            return np.concatenate([exported.predict_images(a[None, ..., None]) for a in arrays])
+
+        return Predictor(f"SavedModel {path}", exported.class_names, exported.image_size, exported.multilabel,
+                         dict(thr), predict)
+    if (path / "model.json").is_file():
+        from cxr_tf.models import CXRClassifier
+
+        ckpt = path / "checkpoints" / "best.weights.h5"
+        if not ckpt.is_file():
+            raise CXRModelError(f"{path}: a run folder without checkpoints/best.weights.h5 (unfinished run?)")
+        model = CXRClassifier.from_config(json.loads((path / "model.json").read_text())["config"])
+        model.load_weights(str(ckpt))
+        thr = None
+        if (path / "metrics.json").is_file():
+            thr = json.loads((path / "metrics.json").read_text()).get("threshold")
+        return _keras_predictor(model, f"run {path}", _binary_threshold(model.class_names, thr))
+    if path.is_file() and path.suffix == ".keras":
+        import keras
+
+        model = keras.models.load_model(path, compile=False)
+        return _keras_predictor(model, f"Keras file {path}", {})
+    raise CXRModelError(f"{s}: not a model; give preset:NAME, a preset folder, saved_models/NAME/VERSION, a run "
+                        "folder or a .keras file")
+
+
+def find_images(inputs) -> list[str]:
+    """Files as given, and image files found recursively in folders (sorted, stable order)."""
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = [q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")
+                     and (q.suffix.lower() in IMAGE_EXTENSIONS or q.suffix == "")]
+            out += sorted(str(q) for q in found)
+        else:
+            out.append(str(p))  # a missing file is reported (skipped or raised) like a bad one
+    return out
+
+
+def decide(prob: np.ndarray, names: list, multilabel: bool, thresholds: dict) -> tuple[list, list]:
+    """Per-row decision and the threshold text used (see the module docstring)."""
+    if multilabel:
+        thr = [float(thresholds.get(c, 0.5)) for c in names]
+        dec = [";".join(c for c, v, t in zip(names, row, thr) if v >= t) or "none" for row in prob]
+        return dec, [";".join(f"{c}={t:g}" for c, t in zip(names, thr))] * len(prob)
+    if len(names) == 2:
+        t = float(thresholds.get(names[1], 0.5))
+        return [names[1] if row[1] >= t else names[0] for row in prob], [t] * len(prob)
+    return [names[int(i)] for i in prob.argmax(1)], [""] * len(prob)
+
+
+def predict_files(model: str, inputs, out: str = "predictions.csv", threshold: float | None = None,
+                  on_error: str = "skip", batch_size: int = 32, verbose: int = 1) -> dict:
+    """Predict every image of ``inputs``; writes ``out`` (and the skip list). Returns a summary.
+
+    Raises:
+        CXRConfigError: bad options, or no readable image at all.
+        CXRImageError: an unreadable file with ``on_error="raise"``.
+    """
+    import keras
+    import pandas as pd
+
+    from cxr_tf.io import read_image, write_skip_list
+
+    if on_error not in ("skip", "raise"):
+        raise CXRConfigError(f"--on-error must be skip or raise; received {on_error!r}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise CXRConfigError(f"--threshold must be in [0, 1]; received {threshold}")
+    t0 = time.time()
+    pred = load_predictor(model)
+    thresholds = dict(pred.thresholds)
+    source = "model metadata" if thresholds else "default 0.5"
+    if threshold is not None:
+        if len(pred.class_names) == 2 and not pred.multilabel:
+            thresholds = {pred.class_names[1]: threshold}
+        else:
+            thresholds = {c: threshold for c in pred.class_names}
+        source = "--threshold"
+    files = find_images(inputs)
+    if not files:
+        raise CXRConfigError(f"no image files in {list(inputs)}")
+    rows, skipped, batch, names = [], [], [], []
+    bar = keras.utils.Progbar(len(files), unit_name="image", verbose=verbose)
+
+    def flush():
+        if batch:
+            prob = pred.predict(batch)
+            dec, thr = decide(prob, pred.class_names, pred.multilabel, thresholds)
+            for f, p, d, t in zip(names, prob, dec, thr):
+                rows.append({"path": f, **{f"p_{c}": float(v) for c, v in zip(pred.class_names, p)},
+                             "predicted": pred.class_names[int(np.argmax(p))], "decision": d, "threshold": t})
+            batch.clear()
+            names.clear()
+
+    for i, f in enumerate(files, start=1):
+        try:
+            batch.append(read_image(f))
+            names.append(f)
+        except CXRImageError as e:
+            if on_error == "raise":
+                raise
+            skipped.append((f, e.cause))
+        if len(batch) >= batch_size:
+            flush()
+        bar.update(i)
+    flush()
+    out_path = Path(out)
+    skip_path = out_path.with_name(out_path.stem + "_skipped.csv")
+    if skipped:
+        write_skip_list(skipped, skip_path)
+    elif skip_path.exists():
+        skip_path.unlink()  # a stale list from an earlier run would mislead
+    if not rows:
+        raise CXRConfigError(f"none of the {len(files)} files could be read (causes in {skip_path})")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    os.replace(tmp, out_path)
+    summary = {"model": pred.description, "images": len(rows), "skipped": len(skipped), "out": str(out_path),
+               "skip_list": str(skip_path) if skipped else None, "thresholds": thresholds,
+               "threshold_source": source, "seconds": round(time.time() - t0, 1)}
+    if verbose:
+        print(f"[cxr_tf] {pred.description}: {len(rows)} images -> {out_path}"
+              + (f"; {len(skipped)} skipped -> {skip_path}" if skipped else "")
+              + (f"; thresholds {thresholds} ({source})" if len(pred.class_names) == 2 or pred.multilabel else ""))
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR", help="PNG, JPEG or DICOM files, or folders")
+    p.add_argument("--model", required=True,
+                   help="preset:NAME, a preset folder, saved_models/NAME/VERSION, a run folder or a .keras file")
+    p.add_argument("--out", default="predictions.csv", help="the CSV to write (skip list beside it)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="decision threshold (default: the model's own operating threshold, else 0.5)")
+    p.add_argument("--on-error", default="skip", choices=["skip", "raise"],
+                   help="unreadable files: list them in <out>_skipped.csv (skip) or stop (raise)")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def run(a) -> dict:
+    return predict_files(a.model, a.inputs, a.out, a.threshold, a.on_error, a.batch_size)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    p = argparse.ArgumentParser(prog="python -m cxr_tf.predict", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return run_main(run, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
