@@ -83,12 +83,20 @@ def convert(concrete_fn, trackable, path: str | os.PathLike, *, quantize: str = 
     return {}
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class TFLiteRunner:
     """Runs a ``.tflite`` export with LiteRT through its ``serving_default`` signature."""
 
     def __init__(self, path: str | os.PathLike):
         Interpreter = _interpreter_class()
-        self.interpreter = Interpreter(model_path=str(path))
+        # all the cores this process may use, as ONNX Runtime and TF do by default
+        self.interpreter = Interpreter(model_path=str(path), num_threads=_cores())
         sigs = self.interpreter.get_signature_list()
         key = "serving_default" if "serving_default" in sigs else next(iter(sigs))
         self.runner = self.interpreter.get_signature_runner(key)
