@@ -584,6 +584,10 @@ def _export_savedmodel(src, keras_model, info, out, name, heldout, x_held, p_ker
     info["file"] = res.path.name
     info["bytes"] = res.sizes["total_bytes"]
     meta_path = res.path / "assets.extra" / METADATA_FILE
+    # the checks join export_for_serving's metadata file (the copy inside the graph predates them)
+    stored = json.loads(meta_path.read_text())
+    stored.update({k: info[k] for k in ("verification", "heldout")})
+    meta_path.write_text(json.dumps(stored, indent=2, sort_keys=True))
     card = res.path / "assets.extra" / "model_card.md"
     card.write_text(model_card(info))
     return PortableExport(res.path, "savedmodel", "none", info, meta_path, card)

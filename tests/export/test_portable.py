@@ -161,7 +161,9 @@ def test_savedmodel_through_the_same_entry_point(trained, tmp_path):
                        threshold=0.42)
     assert (res.path / "saved_model.pb").is_file() and res.model_card_path.is_file()
     assert res.metadata["verification"]["max_abs_diff_vs_keras"] <= 1e-5
-    assert json.loads(res.metadata_path.read_text())["metadata"]["threshold"] == 0.42
+    stored = json.loads(res.metadata_path.read_text())
+    assert stored["metadata"]["threshold"] == 0.42 and stored["verification"]["images"] == 16
+    assert stored["heldout"]["images"] == len(held)
 
 
 # --------------------------------------------------------------------------- named errors
