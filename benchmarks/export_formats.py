@@ -78,7 +78,8 @@ def run(args) -> list[Row]:
     model.fit(np.asarray(xy[0]), np.asarray(xy[1]), batch_size=32, epochs=epochs, verbose=0)
     x = np.concatenate([np.asarray(b) for b, _ in image_dataset(held, size).batch(64)])
     params = {"backbone": backbone, "image_size": size, "train": len(train), "heldout": len(held),
-              "epochs": epochs, "data": source, "threads": cores_used()}
+              "epochs": epochs, "data": source, "threads": cores_used(),
+              "load1_at_start": round(os.getloadavg()[0], 1)}  # the machine is shared: say how busy
     print(f"  trained {backbone} on {len(train)} images; {len(held)} held-out", flush=True)
 
     rows: list[Row] = []

@@ -121,7 +121,15 @@ class OnnxRunner:
 
     def __init__(self, path: str | os.PathLike):
         ort = _require("onnxruntime")
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        try:
+            opts.intra_op_num_threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux: ONNX Runtime's default (physical cores)
+            pass
+        # Idle pool threads otherwise spin-wait for work: on a CPU shared with other
+        # processes (or TF in the same one) that burns the cores the work needs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

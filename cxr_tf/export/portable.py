@@ -56,7 +56,7 @@ OUTPUT_NAME = "probabilities"
 #: ``benchmarks/export_formats.py`` and tests/export, with headroom; a broken
 #: conversion (wrong input scaling, wrong channel order) exceeds them by far. Quantised
 #: quality is judged by the held-out accuracy / AUC drop, not by these bounds.
-PREDICTION_TOLERANCE = {"none": 1e-5, "float16": 5e-3, "dynamic": 0.1, "int8": 0.25}
+PREDICTION_TOLERANCE = {"none": 1e-5, "float16": 1e-2, "dynamic": 0.1, "int8": 0.25}
 #: Default largest accepted drop of held-out accuracy and of AUC for quantised exports.
 MAX_DROP = 0.02
 PREPROCESS_TOLERANCE = 1e-5
@@ -577,7 +577,13 @@ def _export_savedmodel(src, keras_model, info, out, name, heldout, x_held, p_ker
         shutil.rmtree(res.path, ignore_errors=True)
         raise CXRExportMismatchError(res.path, f"SavedModel predicts up to {diff:.3g} away from Keras on {n} "
                                                f"held-out images (tolerance {PREDICTION_TOLERANCE['none']})")
-    p_exp = _batched(exported.predict_images, x_held)
+    # held-out quality through the serving path proper: encoded files through serving_default
+    # (raw pixels through predict_images for in-memory data). Feeding it the model-ready
+    # batch instead would min-max scale those images a second time.
+    if heldout.in_memory:
+        p_exp = np.concatenate([exported.predict_images(r[None]) for r in _raw_pixels(heldout, len(heldout))])
+    else:
+        p_exp = exported.predict_bytes([Path(p).read_bytes() for p in heldout.items])
     info["verification"] = {"images": n, "max_abs_diff_vs_keras": diff, "tolerance": PREDICTION_TOLERANCE["none"]}
     info["heldout"] = _compare_quality(res.path, y_held, p_keras, p_exp, info["threshold"], info["multilabel"],
                                        "none", 1.0, False)

@@ -164,6 +164,8 @@ def test_savedmodel_through_the_same_entry_point(trained, tmp_path):
     stored = json.loads(res.metadata_path.read_text())
     assert stored["metadata"]["threshold"] == 0.42 and stored["verification"]["images"] == 16
     assert stored["heldout"]["images"] == len(held)
+    # served from the encoded files, the float SavedModel scores exactly what Keras scores
+    assert stored["heldout"]["export"] == pytest.approx(stored["heldout"]["keras"], abs=1e-9)
 
 
 # --------------------------------------------------------------------------- named errors
