@@ -617,9 +617,9 @@ def model_card(info: dict) -> str:
         + (" (or raw encoded images through `serving_default`)." if info["format"] == "savedmodel" else
            ": decoded pixels through `preprocess_np.preprocess_images(pixels, "
            f"{info['image_size']})` (NumPy only, equal to the SavedModel's in-graph preprocessing)."),
-        f"- Decision threshold (validation-chosen, on P({info['class_names'][-1]})): "
+        f"- Decision threshold (the source's, on P({info['class_names'][-1]})): "
         f"{'none (argmax)' if info['threshold'] is None else round(info['threshold'], 4)}.",
-        f"- Calibration: {json.dumps(info['calibration']) if info['calibration'] else 'none recorded'}.",
+        f"- Calibration: {json.dumps(info['calibration']) + ' (recorded here; the outputs are the model' + chr(39) + 's own probabilities)' if info['calibration'] else 'none recorded'}.",
         "",
         "## Checks at export",
         "",
