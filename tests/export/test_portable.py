@@ -22,6 +22,7 @@ from cxr_tf.data.preprocess import decode_image, prepare_float_batch  # noqa: E4
 from cxr_tf.errors import (  # noqa: E402
     CXRConversionError,
     CXRExportDependencyError,
+    CXRModelError,
     CXRQuantizationError,
 )
 from cxr_tf.export import export_model, preprocess_images  # noqa: E402
@@ -227,3 +228,20 @@ def test_cli_exports_a_run_folder_with_its_data_threshold_and_split(trained, tmp
                  "--name", "bad"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cxr_tf: error:") and "opset 5" in err[0]
+
+
+@pytest.mark.slow
+@needs_litert
+def test_a_savedmodel_folder_is_a_source_through_its_run(trained, tmp_path):
+    """run folder -> SavedModel (metadata names the run) -> TFLite from saved_models/NAME/VERSION."""
+    model, _, held, run = trained
+    sm = export_model(run, "savedmodel", out=tmp_path / "saved_models", name="kermany_tiny")
+    assert sm.path == tmp_path / "saved_models" / "kermany_tiny" / "1"
+    res = export_model(str(sm.path), "tflite", out=tmp_path / "exp")
+    meta = res.metadata
+    assert meta["source"] == f"SavedModel {sm.path}" and meta["threshold"] == 0.42
+    assert meta["heldout"]["images"] == len(held) and meta["verification"]["max_abs_diff_vs_keras"] <= 1e-5
+    x = _ready(held)
+    np.testing.assert_allclose(_runtime(res.path)(x), model.predict(x, verbose=0), atol=1e-5)
+    with pytest.raises(CXRModelError, match="no resolver for .preset:."):
+        export_model("preset:compact", "onnx")
