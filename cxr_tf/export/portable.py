@@ -284,13 +284,21 @@ def _batched(fn, x: np.ndarray, batch: int = 32) -> np.ndarray:
 def quality(y_true: np.ndarray, prob: np.ndarray, threshold: float | None = None,
             multilabel: bool = False) -> dict:
     """Accuracy (at ``threshold`` on class 1 when binary and given, else argmax) and AUC
-    (class 1 when binary, macro one-vs-rest otherwise; ``None`` if one class is absent)."""
+    (class 1 when binary, macro one-vs-rest otherwise; ``None`` if one class is absent).
+
+    Multi-label (``y_true`` multi-hot ``(N, C)``, NaN = unknown): accuracy of every known
+    label at 0.5 (or ``threshold``), AUC the mean over labels that have both values.
+    """
     from sklearn.metrics import roc_auc_score
 
     y_true = np.asarray(y_true)
     if multilabel:
-        raise CXRConfigError("held-out accuracy of multi-label exports is not implemented; "
-                             "export multi-label models as SavedModel")
+        known = ~np.isnan(y_true)
+        t = 0.5 if threshold is None else threshold
+        acc = float(((prob >= t) == (y_true == 1))[known].mean())
+        aucs = [roc_auc_score(y_true[known[:, j], j] == 1, prob[known[:, j], j]) for j in range(y_true.shape[1])
+                if len(np.unique(y_true[known[:, j], j])) == 2]
+        return {"accuracy": acc, "auc": float(np.mean(aucs)) if aucs else None}
     if prob.shape[1] == 2 and threshold is not None:
         pred = (prob[:, 1] >= threshold).astype(int)
     else:
@@ -302,7 +310,9 @@ def quality(y_true: np.ndarray, prob: np.ndarray, threshold: float | None = None
         else:
             auc = float(roc_auc_score(y_true, prob, multi_class="ovr", average="macro",
                                       labels=list(range(prob.shape[1]))))
-    except ValueError:  # a class missing from the held-out sample
+    except ValueError:  # a class missing from the held-out sample (older scikit-learn)
+        auc = None
+    if auc is not None and not np.isfinite(auc):  # the same, newer scikit-learn (NaN and a warning)
         auc = None
     return {"accuracy": float((pred == y_true).mean()), "auc": auc}
 
@@ -438,7 +448,7 @@ def export_model(
     keras_model = src.model
     heldout = heldout_data.subset(np.arange(min(len(heldout_data), max_heldout)))
     x_held = _model_ready(heldout, image_size)
-    y_held = heldout.class_index()
+    y_held = heldout.labels.astype(np.float32) if src.multilabel else heldout.class_index()
     p_keras = np.asarray(keras_model.predict(x_held, batch_size=32, verbose=0), np.float32)
 
     info = {

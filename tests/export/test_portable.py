@@ -245,3 +245,20 @@ def test_a_savedmodel_folder_is_a_source_through_its_run(trained, tmp_path):
     np.testing.assert_allclose(_runtime(res.path)(x), model.predict(x, verbose=0), atol=1e-5)
     with pytest.raises(CXRModelError, match="no resolver for .preset:."):
         export_model("preset:compact", "onnx")
+
+
+def test_quality_measures_binary_multiclass_and_multilabel():
+    from cxr_tf.export.portable import quality
+
+    y = np.array([0, 1, 1, 0])
+    p = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8]], np.float32)
+    assert quality(y, p) == {"accuracy": 0.5, "auc": 0.5}
+    # the threshold acts on P(class 1) = [0.1, 0.6, 0.3, 0.8]
+    assert quality(y, p, threshold=0.25)["accuracy"] == 0.75 and quality(y, p, threshold=0.9)["accuracy"] == 0.5
+    assert quality(np.array([1, 1, 1, 1]), p)["auc"] is None  # one class only: no AUC
+    y3 = np.array([0, 1, 2])
+    assert quality(y3, np.eye(3, dtype=np.float32)) == {"accuracy": 1.0, "auc": 1.0}
+    ym = np.array([[1, 0], [0, np.nan], [1, 1]], np.float32)
+    pm = np.array([[0.9, 0.2], [0.1, 0.9], [0.6, 0.7]], np.float32)
+    assert quality(ym, pm, multilabel=True) == {"accuracy": 1.0, "auc": 1.0}  # the NaN label is left out
+    assert quality(ym, pm, threshold=0.65, multilabel=True)["accuracy"] == 0.8  # 0.6 < 0.65: one of 5 known labels wrong
