@@ -9,4 +9,5 @@ works, never to judge speed.
 """
 
 #: Benchmarks runnable by name (``benchmarks/run.py <name>``).
-BENCHMARKS = ("input_pipeline", "train_step", "cached_features", "serving", "memory", "score_cam", "mg_transforms")
+BENCHMARKS = ("input_pipeline", "train_step", "cached_features", "serving", "memory", "score_cam", "mg_transforms",
+              "export_formats")

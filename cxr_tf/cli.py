@@ -6,6 +6,7 @@
     cxr-tf distortion-grid IMAGE --out grid.png   every distortion at three severities (SPEC S2)
     cxr-tf explain --model saved_models/NAME/VERSION IMAGE... [--method gradcam|gradcam++|scorecam]
     cxr-tf inspect saved_models/NAME/VERSION  (saved_model_cli show --all)
+    cxr-tf export --model RUN_DIR|saved_models/NAME/VERSION --format savedmodel|onnx|tflite [--quantize ...]
     cxr-tf info                               backbones, policies, experiments
     cxr-tf presets list | show NAME | save --run RUN --name NAME   pretrained presets (cxr_tf.preset_command)
     cxr-tf predict --model preset:NAME|saved_models/NAME/VERSION|RUN IMAGES_OR_DIR --out predictions.csv
@@ -57,6 +58,9 @@ def main(argv=None) -> int:
     explain_cmd.add_arguments(sub.add_parser("explain", help="CAM heat maps and overlays for image files"))
     i = sub.add_parser("inspect", help="saved_model_cli show --all on an export")
     i.add_argument("path")
+    from cxr_tf.export import portable
+
+    portable.add_arguments(sub.add_parser("export", help="export to SavedModel, ONNX or TFLite, verified by its runtime"))
     sub.add_parser("info", help="list backbones, augmentation policies and experiments")
     from cxr_tf.judge import cli as judge_cli
 
@@ -94,6 +98,8 @@ def main(argv=None) -> int:
             from cxr_tf.export import inspect_with_cli
 
             print(inspect_with_cli(a.path))
+        elif a.cmd == "export":
+            portable.run(a)
         elif a.cmd == "info":
             from cxr_tf.data import POLICIES
             from cxr_tf.data.augment import EXTRAS

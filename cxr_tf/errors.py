@@ -84,3 +84,36 @@ def run_main(fn, *args, **kwargs) -> int:
         print(f"cxr_tf: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+class CXRExportError(CXRError):
+    """An export cannot be written, or the written file fails its post-export check.
+
+    Args:
+        path: the export file concerned (``None`` before one exists).
+        cause: what is wrong, in words a user can act on.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, cause: str):
+        self.path = None if path is None else os.fspath(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}" if self.path else cause)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.cause))
+
+
+class CXRExportDependencyError(CXRExportError):
+    """A converter or runtime an export format needs is not installed (the message says what to install)."""
+
+
+class CXRConversionError(CXRExportError):
+    """A converter failed, or wrote a model its own runtime refuses (e.g. an unusable ONNX opset)."""
+
+
+class CXRExportMismatchError(CXRExportError):
+    """The exported file, run by its own runtime, does not predict what the Keras model predicts."""
+
+
+class CXRQuantizationError(CXRExportError):
+    """A quantised export loses more accuracy or AUC on held-out data than the stated tolerance."""

@@ -1,4 +1,5 @@
-"""TF Serving export: SavedModels with in-graph preprocessing, warm-up and metadata."""
+"""Exports: TF Serving SavedModels (in-graph preprocessing, warm-up, metadata) and, through
+:func:`export_model`, ONNX and TFLite files verified with their own runtimes."""
 from cxr_tf.export.savedmodel import (
     ExportedModel,
     ExportResult,
@@ -11,11 +12,19 @@ from cxr_tf.export.savedmodel import (
     serving_readme,
     write_models_config,
 )
+from cxr_tf.export.portable import ModelSource, PortableExport, export_model, load_runner, register_source_resolver
+from cxr_tf.export.preprocess_np import preprocess_images
 from cxr_tf.export.serving_protos import read_warmup_file, serving_messages
 
 __all__ = [
     "ExportResult",
     "ExportedModel",
+    "ModelSource",
+    "PortableExport",
+    "export_model",
+    "load_runner",
+    "preprocess_images",
+    "register_source_resolver",
     "docker_command",
     "export_for_serving",
     "inspect_with_cli",

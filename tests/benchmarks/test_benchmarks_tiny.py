@@ -32,6 +32,8 @@ EXPECTED = {
                 "SavedModel serving_default (bytes), batch 1", "variables/ / raw weights"],
     "memory": ["no training", "training, batch 4", "growth per image"],
     "score_cam": ["scorecam full", "scorecam max_N=8", "gradcam", "gradcam++", "vs scorecam full"],
+    "export_formats": ["savedmodel none, batch 1", "onnx none, batch 1", "onnx int8 file", "tflite int8, batch 1",
+                       "tflite float16 / savedmodel: size", "held-out"],
     "mg_transforms": ["Models Genesis corruption", "restorer training", "corruption / restorer training"],
 }
 
