@@ -91,7 +91,24 @@ class ModelSource:
     origin: str = "keras model"
 
 
-_RESOLVERS: dict[str, Callable[[str], ModelSource]] = {}
+def _from_preset(name: str) -> ModelSource:
+    """``preset:NAME``: the preset's own classifier, its thresholds and calibration. A preset
+    knows no data of its own, so ``--data-dir`` with ``--splits`` supplies the check images."""
+    from cxr_tf.models.presets import load_preset
+
+    preset = load_preset(name)
+    model = preset.build()
+    meta = preset.metadata
+    positive = preset.class_names[-1]
+    return ModelSource(model=model, name=preset.name, class_names=preset.class_names,
+                       image_size=preset.image_size, multilabel=bool(preset.model_config.get("multilabel")),
+                       threshold=meta.thresholds.get(positive) if len(preset.class_names) == 2 else None,
+                       calibration=meta.calibration, metadata={"preset": preset.name,
+                                                               "preset_sha256": meta.weights_sha256},
+                       origin=f"preset {preset.name} ({preset.source})")
+
+
+_RESOLVERS: dict[str, Callable[[str], ModelSource]] = {"preset": _from_preset}
 
 
 def register_source_resolver(scheme: str, fn: Callable[[str], ModelSource]) -> None:

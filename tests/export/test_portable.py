@@ -243,8 +243,22 @@ def test_a_savedmodel_folder_is_a_source_through_its_run(trained, tmp_path):
     assert meta["heldout"]["images"] == len(held) and meta["verification"]["max_abs_diff_vs_keras"] <= 1e-5
     x = _ready(held)
     np.testing.assert_allclose(_runtime(res.path)(x), model.predict(x, verbose=0), atol=1e-5)
-    with pytest.raises(CXRModelError, match="no resolver for .preset:."):
-        export_model("preset:compact", "onnx")
+    with pytest.raises(CXRModelError, match="no resolver for .nosuch:."):
+        export_model("nosuch:compact", "onnx")
+
+
+def test_a_preset_is_a_source(trained, tmp_path):
+    """preset:FOLDER -> TFLite, with the preset's threshold; the data come from the caller."""
+    from cxr_tf.models import save_preset
+
+    model, train, held, _ = trained
+    save_preset(model, tmp_path / "tiny_pre", {"name": "tiny_pre", "class_names": model.class_names,
+                                               "image_size": S, "thresholds": {"pneumonia": 0.37}},
+                weights_dtype="float32")
+    res = export_model(f"preset:{tmp_path / 'tiny_pre'}", "savedmodel", out=tmp_path / "sm",
+                       train_data=train, heldout_data=held)
+    assert res.metadata["threshold"] == 0.37 and res.metadata["source"].startswith("preset tiny_pre")
+    assert res.metadata["verification"]["max_abs_diff_vs_keras"] <= 1e-5
 
 
 def test_quality_measures_binary_multiclass_and_multilabel():
