@@ -7,16 +7,16 @@ happens in :mod:`cxr_tf.data.preprocess`, as for TF-decoded files.
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cxr_tf.errors import CXRImageError
 
-from ._common import DEFAULT_MAX_PIXELS, as_gray_float32, check_pixels, luminance
+from ._common import DEFAULT_MAX_PIXELS, as_gray_float32, check_budget, luminance
 from .dicom import check_window, decode_dicom
-from .formats import declared_size, sniff_format
+from .formats import Header, declared_header, jpeg_scan_problem, sniff_format
+from .graph import clean_tf_message
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "gif": "GIF", "tiff": "TIFF"}
 # Pillow modes whose integer values exceed 8 bits: read them as arrays, never via "L".
@@ -57,20 +57,54 @@ def read_image(
     return _read_pillow(path, fmt, max_pixels)
 
 
+def check_header(path: str, fmt: str, max_pixels: int | None) -> Header | None:
+    """Refuse a PNG/JPEG/BMP/GIF whose header is over budget or claims more pixels than
+    the file can hold, before any decoder allocates for it; returns the header."""
+    head = declared_header(path, fmt)
+    if head is None:
+        return None
+    check_budget(path, head.width, head.height, head.channels, head.bits, max_pixels)
+    if head.min_bytes:
+        size = os.path.getsize(path)
+        if size < head.min_bytes:
+            raise CXRImageError(
+                path,
+                f"claims {head.width}x{head.height} pixels but holds only {size} bytes (at least "
+                f"{head.min_bytes} needed): a truncated file or a forged header",
+            )
+    return head
+
+
+def exif_orientation(im) -> int:
+    """EXIF orientation (1-8) of an open Pillow image; 1 when absent or unreadable."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+        return int(value) if int(value) in range(1, 9) else 1
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the pixels unreadable
+        return 1
+
+
 def _read_pillow(path: str, fmt: str, max_pixels: int | None) -> np.ndarray:
-    size = declared_size(path, fmt)
-    if size is not None:
-        check_pixels(path, *size, max_pixels)
-    if fmt == "png" and _is_16bit_color_png(path):
+    head = check_header(path, fmt, max_pixels)
+    if fmt == "png" and head is not None and head.bits == 16 and head.channels in (2, 3, 4):
         return _read_png16_color(path)
     label = fmt.upper()
     try:
         with Image.open(path, formats=[_PIL_FORMATS[fmt]]) as im:
-            check_pixels(path, *im.size, max_pixels)  # TIFF, or a header our parser missed
+            bands = len(im.getbands())
+            bits = 32 if im.mode in ("I", "F") else 16 if im.mode.startswith("I;16") else 8
+            # TIFF (or a header our parser missed): same budget as any other format
+            check_budget(path, *im.size, bands, bits, max_pixels)
             im.seek(0)
             # load() decodes every pixel now, so truncated data fails here (Pillow
             # raises OSError "image file is truncated") instead of later in training.
             im.load()
+            if fmt == "jpeg" and exif_orientation(im) != 1:
+                # Applied here, and the graph never sees such a JPEG unconverted
+                # (cxr_tf.io.graph), so every path sees the same upright image. JPEG
+                # only: TF ignores EXIF, and a PNG/TIFF tag is rare and not reliably
+                # visible before decoding, so for those it is ignored on every path.
+                im = ImageOps.exif_transpose(im)
             if im.mode in _WIDE_MODES:
                 arr = np.asarray(im)
             elif im.mode == "L":
@@ -88,17 +122,19 @@ def _read_pillow(path: str, fmt: str, max_pixels: int | None) -> np.ndarray:
         raise CXRImageError(path, f"truncated or corrupt {label} file ({e})") from None
     except Exception as e:  # noqa: BLE001 - Pillow plugins raise SyntaxError, ValueError, struct.error ...
         raise CXRImageError(path, f"cannot decode {label} file ({type(e).__name__}: {e})") from None
+    if fmt == "jpeg":
+        problem = jpeg_scan_problem(_read_bytes(path))
+        if problem:
+            raise CXRImageError(path, f"truncated or corrupt JPEG file ({problem})")
     return as_gray_float32(arr, path)
 
 
-def _is_16bit_color_png(path: str) -> bool:
-    """True for 16-bit RGB / RGBA / gray+alpha PNGs, which Pillow cuts to 8 bits."""
+def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            head = f.read(26)
-    except OSError:
-        return False  # Pillow will report the unreadable file
-    return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
+            return f.read()
+    except OSError as e:
+        raise CXRImageError(path, f"cannot read file: {e.strerror or e}") from None
 
 
 def _read_png16_color(path: str) -> np.ndarray:
@@ -107,13 +143,9 @@ def _read_png16_color(path: str) -> np.ndarray:
     import tensorflow as tf
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        arr = tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
+        arr = tf.io.decode_png(_read_bytes(path), channels=0, dtype=tf.uint16).numpy()
     except Exception as e:  # noqa: BLE001 - tf.errors.InvalidArgumentError and friends
-        # TF messages carry graph noise ("{{function_node ...}} ... [Op:DecodePng]").
-        msg = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", str(getattr(e, "message", e))).strip()
-        raise CXRImageError(path, f"truncated or corrupt 16-bit PNG file ({msg})") from None
+        raise CXRImageError(path, f"truncated or corrupt 16-bit PNG file ({clean_tf_message(e)})") from None
     if arr.ndim == 3 and arr.shape[-1] >= 3:
         return luminance(arr)
     return as_gray_float32(arr, path)
@@ -127,7 +159,8 @@ def _read_npy(path: str, max_pixels: int | None) -> np.ndarray:
         raise CXRImageError(path, f"cannot read NPY file ({type(e).__name__}: {e})") from None
     if arr.ndim not in (2, 3):
         raise CXRImageError(path, f"NPY array has shape {arr.shape}; expected (H, W) or (H, W, C)")
-    check_pixels(path, int(arr.shape[1]), int(arr.shape[0]), max_pixels)
+    check_budget(path, int(arr.shape[1]), int(arr.shape[0]), int(arr.shape[2]) if arr.ndim == 3 else 1,
+                 8 * arr.dtype.itemsize, max_pixels)
     try:
         arr = np.array(arr)  # copy out of the memory map (closes the file)
     except Exception as e:  # noqa: BLE001
