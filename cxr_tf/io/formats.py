@@ -307,3 +307,65 @@ def jpeg_scan_problem(data: bytes) -> str | None:
         if marker not in _JPEG_BETWEEN_SCANS:
             name = "end of file" if marker is None else f"0xFF{marker:02X}"
             return f"unexpected marker {name} inside the image data (corrupt scan data)"
+
+
+_PNG_CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
+
+
+def png_problem(data: bytes, max_raw: int | None = None) -> str | None:
+    """Why libpng refuses a PNG, in words: bad chunk CRC, chunk order, unknown critical
+    chunk, missing IEND, short or broken IDAT; ``None`` if no such fault is found.
+
+    Run only after the graph decoder refused a file (TF's message is just "Invalid PNG
+    data"), so good files pay nothing. Pillow is not asked: it skips IDAT CRCs and
+    tolerates several of these, which is how such files used to pass validation.
+
+    Args:
+        data: the whole file.
+        max_raw: stop inflating IDAT beyond this many bytes (memory bound).
+    """
+    import zlib
+
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "no PNG signature"
+    pos, first, seen_iend = 8, True, False
+    inflater = zlib.decompressobj()
+    raw = 0
+    expected = None
+    while pos + 8 <= len(data):
+        length = struct.unpack_from(">I", data, pos)[0]
+        kind = data[pos + 4:pos + 8]
+        name = kind.decode("latin-1")
+        if pos + 12 + length > len(data):
+            return f"chunk {name!r} runs past the end of the file: truncated"
+        body = data[pos + 8:pos + 8 + length]
+        crc = struct.unpack_from(">I", data, pos + 8 + length)[0]
+        if zlib.crc32(kind + body) != crc:
+            return f"bad CRC in the {name!r} chunk"
+        if first and kind != b"IHDR":
+            return f"first chunk is {name!r}, not IHDR"
+        first = False
+        if kind == b"IHDR" and length == 13:
+            w, h, depth, ctype = struct.unpack_from(">IIBB", body)
+            stored = _PNG_CHANNELS.get(ctype, (4, 4))[0]
+            expected = h * (1 + (w * stored * depth + 7) // 8)
+        elif kind == b"IDAT":
+            try:
+                # inflate 1 MiB at a time and drop it: only the length is needed
+                buf = body
+                while buf and (max_raw is None or raw < max_raw):
+                    raw += len(inflater.decompress(buf, 1 << 20))
+                    buf = inflater.unconsumed_tail
+            except zlib.error as e:
+                return f"IDAT data is not valid zlib data: {e}"
+        elif kind == b"IEND":
+            seen_iend = True
+            break
+        elif kind not in _PNG_CRITICAL and not (kind[0] & 0x20):
+            return f"unknown critical chunk {name!r}, which a decoder must refuse"
+        pos += 12 + length
+    if expected is not None and raw < expected and (max_raw is None or raw < max_raw):
+        return f"IDAT data too short: {raw} of {expected} bytes of image data"
+    if not seen_iend:
+        return "no IEND chunk: the file is truncated"
+    return None

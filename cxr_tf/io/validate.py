@@ -20,7 +20,7 @@ from cxr_tf.errors import CXRConfigError, CXRImageError
 
 from ._common import DEFAULT_MAX_PIXELS, atomic_write, budget_bytes, decoded_bytes
 from .cache import cache_path, write_cache
-from .formats import declared_header, jpeg_scan_problem, sniff_format
+from .formats import declared_header, jpeg_scan_problem, png_problem, sniff_format
 from .graph import GRAPH_FORMATS, clean_tf_message, tf_decode
 from .images import check_header, exif_orientation, read_image
 
@@ -88,9 +88,9 @@ def _graph_decodes(path: str, fmt: str) -> None:
     try:
         tf_decode(data)  # the tensor is dropped at once
     except Exception as e:  # noqa: BLE001 - tf.errors.InvalidArgumentError and friends
-        raise CXRImageError(
-            path, f"truncated or corrupt {fmt.upper()} file (the training decoder refused it: {clean_tf_message(e)})"
-        ) from None
+        why = png_problem(data, max_raw=budget_bytes(DEFAULT_MAX_PIXELS)) if fmt == "png" else None
+        why = why or f"the training decoder refused it: {clean_tf_message(e)}"
+        raise CXRImageError(path, f"truncated or corrupt {fmt.upper()} file ({why})") from None
 
 
 class _ByteBudget:
