@@ -61,7 +61,10 @@ def load_for_model(data_dir: str, fmt: str, model_classes: list[str], on_error: 
     ds = load_dataset(data_dir, fmt, **kwargs)
     if fmt == "npz" and len(ds.class_names) == len(model_classes) and all(c.isdigit() for c in ds.class_names):
         ds.class_names = list(model_classes)  # unnamed MedMNIST columns follow the model's order
-    return _match_classes(ds, model_classes, data_dir)
+    listed_skipped = list(getattr(ds, "skipped", None) or [])
+    ds = _match_classes(ds, model_classes, data_dir)
+    ds.skipped = listed_skipped  # entries the loader dropped stay in the skip list
+    return ds
 
 
 def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: str | None = None,

@@ -111,7 +111,9 @@ def image_dataset(ds: CXRDataset, image_size: int) -> tf.data.Dataset:
     if ds.in_memory:
         d = tf.data.Dataset.from_tensor_slices((np.asarray(ds.items), labels))
         return d.map(lambda x, y: (_array_to_image(x, image_size), y), num_parallel_calls=AUTOTUNE)
-    paths = np.asarray([str(p) for p in ds.items])
+    # Bytes, not str: a file name that is not valid UTF-8 (surrogate-escaped in Python)
+    # cannot become a TF string tensor, its raw bytes can.
+    paths = np.asarray([os.fsencode(str(p)) for p in ds.items], dtype=object)
     d = tf.data.Dataset.from_tensor_slices((paths, labels))
     return d.map(lambda p, y: (prepare_image(tf.io.read_file(p), image_size), y), num_parallel_calls=AUTOTUNE)
 

@@ -83,5 +83,6 @@ def load_images(paths, image_size: int, cache_dir=None) -> np.ndarray:
     out = []
     for p in paths:
         src = graph_input(p, cache_dir=cache_dir)
-        out.append(prepare_image(tf.io.read_file(src), image_size).numpy())
+        # fsencode: a non-UTF-8 file name reaches TF as its own bytes
+        out.append(prepare_image(tf.io.read_file(os.fsencode(src)), image_size).numpy())
     return np.stack(out)

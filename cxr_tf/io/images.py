@@ -63,7 +63,8 @@ def check_header(path: str, fmt: str, max_pixels: int | None) -> Header | None:
     head = declared_header(path, fmt)
     if head is None:
         return None
-    check_budget(path, head.width, head.height, head.channels, head.bits, max_pixels)
+    # Data length first: a header claiming far more pixels than the file can hold is
+    # forged or truncated, whatever the budget says.
     if head.min_bytes:
         size = os.path.getsize(path)
         if size < head.min_bytes:
@@ -72,6 +73,7 @@ def check_header(path: str, fmt: str, max_pixels: int | None) -> Header | None:
                 f"claims {head.width}x{head.height} pixels but holds only {size} bytes (at least "
                 f"{head.min_bytes} needed): a truncated file or a forged header",
             )
+    check_budget(path, head.width, head.height, head.channels, head.bits, max_pixels)
     return head
 
 
