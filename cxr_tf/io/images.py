@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from cxr_tf.errors import CXRImageError
 
-from ._common import DEFAULT_MAX_PIXELS, as_gray_float32, check_budget, luminance
+from ._common import DEFAULT_MAX_PIXELS, as_gray_float32, check_budget, check_pixels, luminance
 from .dicom import check_window, decode_dicom
 from .formats import Header, declared_header, jpeg_scan_problem, sniff_format
 from .graph import clean_tf_message
@@ -63,8 +63,9 @@ def check_header(path: str, fmt: str, max_pixels: int | None) -> Header | None:
     head = declared_header(path, fmt)
     if head is None:
         return None
-    # Data length first: a header claiming far more pixels than the file can hold is
-    # forged or truncated, whatever the budget says.
+    # Pixel count, then data length, then bytes: a header claiming far more pixels
+    # than the file can hold is forged or truncated, whatever the byte budget says.
+    check_pixels(path, head.width, head.height, max_pixels)
     if head.min_bytes:
         size = os.path.getsize(path)
         if size < head.min_bytes:
