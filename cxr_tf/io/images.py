@@ -96,8 +96,11 @@ def _read_pillow(path: str, fmt: str, max_pixels: int | None) -> np.ndarray:
         with Image.open(path, formats=[_PIL_FORMATS[fmt]]) as im:
             bands = len(im.getbands())
             bits = 32 if im.mode in ("I", "F") else 16 if im.mode.startswith("I;16") else 8
+            wide_color = fmt == "tiff" and bands >= 3 and _tiff_bits(im) == 16
             # TIFF (or a header our parser missed): same budget as any other format
-            check_budget(path, *im.size, bands, bits, max_pixels)
+            check_budget(path, *im.size, bands, 16 if wide_color else bits, max_pixels)
+            if wide_color:
+                return luminance(_read_tiff16_color(path, im))
             im.seek(0)
             # load() decodes every pixel now, so truncated data fails here (Pillow
             # raises OSError "image file is truncated") instead of later in training.
@@ -130,6 +133,49 @@ def _read_pillow(path: str, fmt: str, max_pixels: int | None) -> np.ndarray:
         if problem:
             raise CXRImageError(path, f"truncated or corrupt JPEG file ({problem})")
     return as_gray_float32(arr, path)
+
+
+def _tiff_bits(im) -> int:
+    try:
+        bps = im.tag_v2.get(258)
+        bps = bps if isinstance(bps, tuple) else (bps,)
+        return int(max(bps))
+    except Exception:  # noqa: BLE001 - no usable tag: Pillow's mode decides
+        return 8
+
+
+def _read_tiff16_color(path: str, im) -> np.ndarray:
+    """A 16-bit RGB(A) TIFF as uint16 ``(H, W, C)``, all 16 bits kept.
+
+    Pillow has no 16-bit colour mode and cuts such files to 8 bits (60 grey levels of
+    3,038 in issue 14), so uncompressed strips are read here with NumPy from the
+    offsets Pillow parsed. Compressed ones are refused by name: silently losing 8 bits
+    is what the docstring of read_image promises not to do.
+    """
+    tiles = list(im.tile)
+    modes = {t.args[0] if isinstance(t.args, tuple) else t.args for t in tiles}
+    if not tiles or any(t.codec_name != "raw" for t in tiles) or len(modes) != 1 \
+            or not next(iter(modes)).startswith(("RGB;16", "RGBA;16")) \
+            or any(isinstance(t.args, tuple) and len(t.args) > 2 and t.args[2] not in (1, None) for t in tiles):
+        codec = ", ".join(sorted({t.codec_name for t in tiles})) or "unknown"
+        raise CXRImageError(
+            path, f"16-bit colour TIFF stored as {codec}: only uncompressed strips are read with full precision "
+                  "(Pillow would cut it to 8 bits); save it uncompressed or as a 16-bit PNG")
+    rawmode = next(iter(modes))
+    bands = 4 if rawmode.startswith("RGBA") else 3
+    dtype = np.dtype(">u2" if rawmode.endswith("B") else "<u2")
+    w, h = im.size
+    out = np.empty((h, w, bands), np.uint16)
+    with open(path, "rb") as f:
+        for t in tiles:
+            x0, y0, x1, y1 = t.extents
+            n = (x1 - x0) * (y1 - y0) * bands
+            f.seek(t.offset)
+            buf = f.read(n * 2)
+            if len(buf) < n * 2:
+                raise CXRImageError(path, f"truncated or corrupt TIFF file (a strip holds {len(buf)} of {n * 2} bytes)")
+            out[y0:y1, x0:x1] = np.frombuffer(buf, dtype).reshape(y1 - y0, x1 - x0, bands)
+    return out
 
 
 def _read_bytes(path: str) -> bytes:
