@@ -279,7 +279,7 @@ def _raw_images(ds: CXRDataset):
             a = np.asarray(item, np.float32)
             yield a[..., None] if a.ndim == 2 else a
         else:
-            yield decode_image(tf.io.read_file(str(item))).numpy()
+            yield decode_image(tf.io.read_file(os.fsencode(str(item)))).numpy()  # non-UTF-8 names: bytes
 
 
 def print_tensorboard_hint(run) -> None:

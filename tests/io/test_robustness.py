@@ -284,3 +284,82 @@ def test_csv_manifest_links_are_per_item_errors(tmp_path):
         pd.DataFrame([("../x.png", "n", "p")], columns=["path", "label", "patient_id"]).to_csv(tmp_path / "e.csv",
                                                                                            index=False)
         load_csv_manifest(tmp_path / "e.csv")
+
+
+# ------------------------------------------------------- fuzzing the graph-decoder path
+def _graph_seeds() -> dict[str, bytes]:
+    from PIL import Image
+
+    x = (np.arange(24 * 20) % 251).astype(np.uint8).reshape(24, 20)
+    out = {}
+    for name, mode, fmt in (("g.png", "L", "PNG"), ("c.jpg", "RGB", "JPEG"), ("k.jpg", "CMYK", "JPEG"),
+                            ("b.bmp", "RGB", "BMP"), ("a.gif", "L", "GIF"), ("t.tif", "L", "TIFF")):
+        b = io.BytesIO()
+        Image.fromarray(x).convert(mode).save(b, fmt)
+        out[name] = b.getvalue()
+    out["w.png"] = encode_png(np.stack([x.astype(np.uint16) * 257] * 3, -1))  # 16-bit colour
+    out["d.dcm"] = make_dicom_bytes(x.astype(np.uint16))
+    return out
+
+
+GRAPH_SEEDS = _graph_seeds()
+_COUNTER = iter(range(10**9))
+
+
+def _graph_path_holds(data: bytes, name: str, folder) -> None:
+    """Either refused with a project error, or what the graph is handed decodes there."""
+    import tensorflow as tf
+
+    from cxr_tf.data.preprocess import decode_image
+
+    path = os.path.join(folder, f"{next(_COUNTER)}_{name}")  # fresh name: no cache entry reused
+    with open(path, "wb") as f:
+        f.write(data)
+    try:
+        src = graph_input(path, max_pixels=1 << 20, cache_dir=os.path.join(folder, "cache"))
+    except CXRImageError as e:
+        assert e.path == path and e.cause
+        return
+    img = decode_image(tf.io.read_file(src))  # must not raise: validation proved it
+    assert img.shape[-1] == 1 and img.shape[0] > 0 and img.shape[1] > 0
+
+
+def test_graph_seeds_are_accepted(tmp_path):
+    for name, data in GRAPH_SEEDS.items():
+        _graph_path_holds(data, name, str(tmp_path))
+        assert len(os.listdir(tmp_path)) >= 1
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    given = None
+
+if given is not None:
+    _FOLDER = None
+
+    @st.composite
+    def _mutated(draw):
+        name = draw(st.sampled_from(sorted(GRAPH_SEEDS)))
+        data = bytearray(GRAPH_SEEDS[name])
+        for _ in range(draw(st.integers(1, 6))):
+            op = draw(st.sampled_from(["flip", "cut", "insert", "zero"]))
+            pos = draw(st.integers(0, max(len(data) - 1, 0)))
+            if op == "flip" and data:
+                data[pos] ^= 1 << draw(st.integers(0, 7))
+            elif op == "cut":
+                data = data[: draw(st.integers(0, len(data)))]
+            elif op == "insert":
+                data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+            elif data:
+                data[pos:pos + 4] = b"\x00\x00\x00\x00"
+        return bytes(data), name
+
+    @pytest.mark.filterwarnings("ignore")
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=_mutated())
+    def test_mutated_files_never_reach_the_graph_unproved(case, tmp_path_factory):
+        folder = tmp_path_factory.getbasetemp() / "graph_fuzz"
+        folder.mkdir(exist_ok=True)
+        _graph_path_holds(*case, str(folder))
