@@ -125,7 +125,12 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
         acc = np.multiply(x[..., 0], wr, dtype=np.uint32)
         acc += np.multiply(x[..., 1], wg, dtype=np.uint32)
         acc += np.multiply(x[..., 2], wb, dtype=np.uint32)
-        return (acc / 1000.0).astype(np.float32)
+        # float32 is enough: 1000 * x = 8 * 125x with 125x < 2**24 is exact in float32,
+        # so equal channels still come back exactly, and no float64 copy is made.
+        y = acc.astype(np.float32)
+        del acc
+        y /= 1000.0
+        return y
     acc = np.multiply(x[..., 0], wr, dtype=np.float64)
     acc += np.multiply(x[..., 1], wg, dtype=np.float64)
     acc += np.multiply(x[..., 2], wb, dtype=np.float64)

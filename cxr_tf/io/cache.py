@@ -35,15 +35,22 @@ def to_uint16_minmax(img: np.ndarray) -> np.ndarray:
     Args:
         img: 2-D array in any range.
     """
-    x = np.asarray(img, dtype=np.float64)
+    x = np.array(img, dtype=np.float64)  # one working copy, then in-place (memory budget)
     finite = np.isfinite(x)
     if not finite.any():
         return np.zeros(x.shape, np.uint16)
-    lo, hi = float(x[finite].min()), float(x[finite].max())
-    x = np.where(finite, x, lo)
+    all_finite = bool(finite.all())
+    lo, hi = (float(x.min()), float(x.max())) if all_finite else (float(x[finite].min()), float(x[finite].max()))
+    if not all_finite:
+        x[~finite] = lo
+    del finite
     if hi <= lo:
         return np.zeros(x.shape, np.uint16)
-    return np.round((x - lo) * (65535.0 / (hi - lo))).clip(0, 65535).astype(np.uint16)
+    x -= lo
+    x *= 65535.0 / (hi - lo)
+    np.rint(x, out=x)
+    np.clip(x, 0, 65535, out=x)
+    return x.astype(np.uint16)
 
 
 def cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike) -> str:
