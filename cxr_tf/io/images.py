@@ -13,9 +13,9 @@ from PIL import Image, ImageOps
 
 from cxr_tf.errors import CXRImageError
 
-from ._common import DEFAULT_MAX_PIXELS, as_gray_float32, check_budget, check_pixels, luminance
+from ._common import DEFAULT_MAX_PIXELS, as_gray_float32, budget_bytes, check_budget, check_pixels, luminance
 from .dicom import check_window, decode_dicom
-from .formats import Header, declared_header, jpeg_scan_problem, sniff_format
+from .formats import Header, declared_header, jpeg_scan_problem, png_problem, sniff_format
 from .graph import clean_tf_message
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "gif": "GIF", "tiff": "TIFF"}
@@ -191,10 +191,13 @@ def _read_png16_color(path: str) -> np.ndarray:
     # imported for this rare case.
     import tensorflow as tf
 
+    data = _read_bytes(path)
     try:
-        arr = tf.io.decode_png(_read_bytes(path), channels=0, dtype=tf.uint16).numpy()
+        arr = tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
     except Exception as e:  # noqa: BLE001 - tf.errors.InvalidArgumentError and friends
-        raise CXRImageError(path, f"truncated or corrupt 16-bit PNG file ({clean_tf_message(e)})") from None
+        why = png_problem(data, max_raw=budget_bytes(DEFAULT_MAX_PIXELS)) or clean_tf_message(e)
+        raise CXRImageError(path, f"truncated or corrupt 16-bit PNG file ({why})") from None
+    del data
     if arr.ndim == 3 and arr.shape[-1] >= 3:
         return luminance(arr)
     return as_gray_float32(arr, path)

@@ -363,3 +363,22 @@ if given is not None:
         folder = tmp_path_factory.getbasetemp() / "graph_fuzz"
         folder.mkdir(exist_ok=True)
         _graph_path_holds(*case, str(folder))
+
+
+def test_broken_16bit_colour_png_is_named_on_both_paths(tmp_path):
+    """16-bit colour PNGs go through read_image (and the cache): a bad CRC is still named."""
+    import zlib
+
+    def chunk(k, d):
+        return struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d))
+
+    raw = b"".join(b"\0" + np.full((16, 3), i * 100, ">u2").tobytes() for i in range(16))
+    idat = bytearray(chunk(b"IDAT", zlib.compress(raw)))
+    idat[-1] ^= 1
+    path = tmp_path / "c16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 16, 2, 0, 0, 0))
+                     + bytes(idat) + chunk(b"IEND", b""))
+    for fn in (read_image, lambda p: graph_input(p, cache_dir=tmp_path / "c")):
+        with pytest.raises(CXRImageError, match=r"16-bit PNG file \(bad CRC in the 'IDAT' chunk\)"):
+            fn(str(path))
+    assert not (tmp_path / "c").exists() or os.listdir(tmp_path / "c") == []
