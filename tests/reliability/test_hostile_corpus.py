@@ -343,3 +343,27 @@ def test_explain_sees_the_training_pixels(corpus, tmp_path):
     explain = load_images([files[i] for i in order], 32, cache)
     np.testing.assert_array_equal(train, explain)
     assert tf.reduce_max(train) > 0.5
+
+
+def test_evaluate_names_the_file_a_served_batch_refuses(tmp_path):
+    """Last resort behind validation: a batch the signature refuses is retried file by file,
+    so the error names the file, not "an image among items 0..31"."""
+    from cxr_tf.errors import CXRImageError
+    from cxr_tf.evaluate import _predict_files
+
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(b"bad" if i == 2 else b"good")
+
+    class Model:
+        def predict_bytes(self, images, batch_size):
+            if b"bad" in images:
+                raise CXRImageError(None, "cannot decode an image among items 0..3: Invalid PNG data")
+            return np.zeros((len(images), 2), np.float32)
+
+    paths = [str(p) for p in files]
+    with pytest.raises(CXRImageError) as e:
+        _predict_files(Model(), paths, paths, 32)
+    assert e.value.path == paths[2] and "Invalid PNG data" in e.value.cause
+    assert _predict_files(Model(), paths[:2], paths[:2], 32).shape == (2, 2)
