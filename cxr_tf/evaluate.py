@@ -54,19 +54,26 @@ def load_for_model(data_dir: str, fmt: str, model_classes: list[str], on_error: 
         else:
             raise CXRDatasetError(data_dir, f"Kermany data has no classes matching the model's {model_classes}")
         kwargs["on_error"] = on_error
+    elif fmt in ("folder", "csv"):
+        kwargs["on_error"] = on_error  # links out of the data root: per-item errors
     elif fmt == "npz":
         kwargs["class_names"] = None
     ds = load_dataset(data_dir, fmt, **kwargs)
     if fmt == "npz" and len(ds.class_names) == len(model_classes) and all(c.isdigit() for c in ds.class_names):
         ds.class_names = list(model_classes)  # unnamed MedMNIST columns follow the model's order
-    return _match_classes(ds, model_classes, data_dir)
+    listed_skipped = list(getattr(ds, "skipped", None) or [])
+    ds = _match_classes(ds, model_classes, data_dir)
+    ds.skipped = listed_skipped  # entries the loader dropped stay in the skip list
+    return ds
 
 
 def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: str | None = None,
                       threshold: float | None = None, on_error: str = "raise", batch_size: int = 32,
-                      splits: str | None = None, split_name: str = "test") -> dict:
+                      splits: str | None = None, split_name: str = "test",
+                      cache_dir: str | None = None) -> dict:
     """Evaluate an exported SavedModel on a dataset; returns the metrics dict."""
     from cxr_tf.data import prepare_items
+    from cxr_tf.data.pipeline import default_cache_dir
     from cxr_tf.datasets import load_splits
     from cxr_tf.evaluation import evaluate_predictions
     from cxr_tf.export import load_exported
@@ -74,19 +81,23 @@ def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: st
     t0 = time.time()
     model = load_exported(model_path)
     ds = load_for_model(data_dir, fmt, model.class_names, on_error)
+    listed_skipped = list(getattr(ds, "skipped", None) or [])  # subset() starts a new dataset
     if splits:
         ds = ds.subset(load_splits(splits, ds) == split_name)
-    ds, skipped = prepare_items(ds, on_error=on_error)
+    ds.skipped = listed_skipped
+    cache_dir = cache_dir or default_cache_dir()
+    # Files the graph cannot decode as they are (DICOM, TIFF, BMP, ...) are converted
+    # once into this folder: say where, so nothing lands under ~/.cache unannounced.
+    print(f"[cxr_tf] decode cache for files the model cannot read directly: {cache_dir}")
+    ds, skipped = prepare_items(ds, cache_dir=cache_dir, on_error=on_error)
     if len(ds) == 0:
         raise CXRDatasetError(data_dir, "no usable images to evaluate")
     if ds.in_memory:
         prob = model.predict_images(np.asarray(ds.items, np.float32)[..., None] if np.asarray(ds.items).ndim == 3
                                     else np.asarray(ds.items, np.float32))
     else:
-        prob = np.concatenate([
-            model.predict_bytes([Path(p).read_bytes() for p in ds.items[i:i + batch_size]], batch_size)
-            for i in range(0, len(ds), batch_size)
-        ])
+        prob = np.concatenate([_predict_files(model, ds.items[i:i + batch_size], ds.item_names[i:i + batch_size],
+                                              batch_size) for i in range(0, len(ds), batch_size)])
     if threshold is None and len(model.class_names) == 2:
         threshold = (model.metadata.get("metadata") or model.metadata).get("threshold")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -109,13 +120,35 @@ def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: st
     return metrics
 
 
+def _predict_files(model, paths, names, batch_size: int) -> np.ndarray:
+    """Probabilities for a batch of files; a batch the signature refuses is retried one
+    file at a time so the error names the file (validation makes this a last resort)."""
+    from cxr_tf.errors import CXRImageError
+
+    data = [Path(p).read_bytes() for p in paths]
+    try:
+        return model.predict_bytes(data, batch_size)
+    except CXRImageError:
+        for name, b in zip(names, data):
+            try:
+                model.predict_bytes([b], 1)
+            except CXRImageError as e:
+                raise CXRImageError(name, f"the model's decoder refused it: {e.cause}") from None
+        raise
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="SavedModel version folder, e.g. saved_models/NAME/1")
     p.add_argument("--data-dir", required=True, help="dataset folder, .npz or .csv manifest")
     p.add_argument("--format", default="auto", choices=["auto", "kermany", "folder", "npz", "csv"])
     p.add_argument("--out", default=None, help="output folder (default runs/evaluate/<UTC timestamp>)")
     p.add_argument("--threshold", type=float, default=None, help="binary decision threshold (default: the model's)")
-    p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="bad image files: stop naming the first (raise) or leave them out, listed with their "
+                        "cause in <out>/skipped.csv (skip)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where files the model cannot decode directly (DICOM, TIFF, BMP, ...) are cached as "
+                        "16-bit PNG (default ~/.cache/cxr_tf/decoded)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--splits", default=None, help="a run's splits.csv: evaluate only one split of it")
     p.add_argument("--split-name", default="test")
@@ -127,7 +160,7 @@ def main(argv=None) -> int:
     add_arguments(p)
     a = p.parse_args(argv)
     return run_main(evaluate_exported, a.model, a.data_dir, a.format, a.out, a.threshold, a.on_error,
-                    a.batch_size, a.splits, a.split_name)
+                    a.batch_size, a.splits, a.split_name, a.cache_dir)
 
 
 if __name__ == "__main__":

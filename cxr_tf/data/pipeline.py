@@ -25,45 +25,55 @@ from cxr_tf.datasets.contract import CXRDataset
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def default_cache_dir() -> str:
+    """Where decoded non-graph files are cached unless a command says otherwise."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "cxr_tf", "decoded")
+
+
 def prepare_items(
     ds: CXRDataset, cache_dir: str | os.PathLike | None = None, on_error: str = "raise", validate: bool = True
 ) -> tuple[CXRDataset, list[tuple[str, str]]]:
-    """Check every file once and cache non-TF formats; returns the usable dataset and a skip list.
+    """Prove every file decodes as the graph will, and cache what it cannot decode as it is.
+
+    PNG/JPEG files are checked with the graph's own decoder and kept; every other file
+    (DICOM, TIFF, NPY, BMP, GIF, CMYK JPEG, ...) is decoded once and cached as a 16-bit
+    PNG that the graph reads instead (:mod:`cxr_tf.io.graph`), so no file reaches
+    ``tf.io.decode_image`` unproved.
 
     Args:
         ds: a path-based dataset (in-memory datasets are returned unchanged).
-        cache_dir: where decoded DICOMs are cached as 16-bit PNG
-            (default ``~/.cache/cxr_tf/decoded``).
+        cache_dir: where converted files are cached as 16-bit PNG
+            (default :func:`default_cache_dir`).
         on_error: ``"raise"`` (the first bad file raises the project's error naming
-            it) or ``"skip"`` (bad files are dropped and listed).
-        validate: fully decode every file once to prove it readable.
+            it) or ``"skip"`` (bad files are dropped and listed with their cause).
+        validate: ``False`` trusts PNG/JPEG files unchecked (only conversions run).
     """
     if ds.in_memory:
         _check_finite(ds)
         return ds, []
-    from cxr_tf.io import to_png_cache, validate_images
+    from cxr_tf.io import GRAPH_FORMATS, prepare_graph_inputs, sniff_format, to_png_cache
 
     paths = [str(p) for p in ds.items]
+    cache_dir = os.fspath(cache_dir or default_cache_dir())
+    # Entries the loader already dropped (broken links, outside-root links, bad names)
+    # head the skip list, so one list holds every dropped entry.
+    loader_skipped = list(getattr(ds, "skipped", None) or [])
     skipped: list[tuple[str, str]] = []
     if validate:
-        ok, skipped = validate_images(paths, on_error=on_error)
+        ok, graph, skipped = prepare_graph_inputs(paths, cache_dir=cache_dir, on_error=on_error)
         okset = set(ok)
-        keep = np.array([p in okset for p in paths])
+        keep = np.array([p in okset for p in paths], dtype=bool)
         ds = ds.subset(keep)
         paths = [str(p) for p in ds.items]
-    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "cxr_tf", "decoded")
-    # By content, not by extension: a DICOM (or TIFF) named .png would otherwise reach
-    # tf.io.decode_image mid-training and stop the run with a raw TF error.
-    from cxr_tf.io import TF_DECODABLE_FORMATS, sniff_format
-
-    native = {p: sniff_format(p) in TF_DECODABLE_FORMATS for p in paths}
-    if not all(native.values()):
-        os.makedirs(cache_dir, exist_ok=True)
-        new = [p if native[p] else to_png_cache(p, cache_dir) for p in paths]
+    else:
+        graph = [p if sniff_format(p) in GRAPH_FORMATS else to_png_cache(p, cache_dir) for p in paths]
+    if graph != paths:
         meta = ds.meta.copy()
         meta["item"] = paths  # reports keep naming the original file
-        ds = CXRDataset(np.asarray(new, dtype=object), ds.labels, ds.class_names, meta, ds.name, ds.multilabel)
-    return ds, skipped
+        ds = CXRDataset(np.asarray(graph, dtype=object), ds.labels, ds.class_names, meta, ds.name, ds.multilabel)
+    if getattr(ds, "skipped", None):
+        ds.skipped = []  # now in the returned list
+    return ds, loader_skipped + skipped
 
 
 def _check_finite(ds: CXRDataset) -> None:
@@ -101,7 +111,9 @@ def image_dataset(ds: CXRDataset, image_size: int) -> tf.data.Dataset:
     if ds.in_memory:
         d = tf.data.Dataset.from_tensor_slices((np.asarray(ds.items), labels))
         return d.map(lambda x, y: (_array_to_image(x, image_size), y), num_parallel_calls=AUTOTUNE)
-    paths = np.asarray([str(p) for p in ds.items])
+    # Bytes, not str: a file name that is not valid UTF-8 (surrogate-escaped in Python)
+    # cannot become a TF string tensor, its raw bytes can.
+    paths = np.asarray([os.fsencode(str(p)) for p in ds.items], dtype=object)
     d = tf.data.Dataset.from_tensor_slices((paths, labels))
     return d.map(lambda p, y: (prepare_image(tf.io.read_file(p), image_size), y), num_parallel_calls=AUTOTUNE)
 

@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from cxr_tf.io.graph import GRAPH_CHANNELS, tf_decode
+
 #: Channels of every image cxr_tf feeds a model (grayscale).
-CHANNELS = 1
+CHANNELS = GRAPH_CHANNELS
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:
-    """Decode PNG (8/16-bit), JPEG, BMP or GIF bytes to a float32 ``(H, W, 1)`` tensor.
+    """Decode PNG (8/16-bit) or JPEG bytes to a float32 ``(H, W, 1)`` tensor.
+
+    Other formats reach the graph as the 16-bit PNGs of the decode cache
+    (:func:`cxr_tf.data.prepare_items`).
 
     RGB and RGBA inputs are converted to one luminance channel by the decoder;
     16-bit PNGs keep their precision. Values keep the file's own range.
     """
-    img = tf.io.decode_image(contents, channels=CHANNELS, dtype=tf.uint16, expand_animations=False)
+    # The same op validation runs eagerly (cxr_tf.io.graph): what validation proved
+    # decodes is what decodes here.
+    img = tf_decode(contents)
     img = tf.cast(img, tf.float32)
     img.set_shape([None, None, CHANNELS])
     return img

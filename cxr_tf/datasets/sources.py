@@ -18,7 +18,7 @@ import pandas as pd
 from cxr_tf.datasets.contract import CXRDataset
 from cxr_tf.errors import CXRDatasetError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".dcm", ".dicom")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".npy", ".dcm", ".dicom")
 
 #: Kermany class orders. Seed 004: bacterial 0, viral 1, normal 2.
 KERMANY_3CLASS = ["bacterial", "viral", "normal"]
@@ -61,7 +61,48 @@ def kermany_subtype(path: str) -> str:
 
 
 def _list_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Every entry under ``root`` named like an image, whatever it is.
+
+    A dangling link, a link loop or a directory named ``x.png`` is listed too, so that
+    validation names it in the skip list instead of it vanishing. ``os.walk`` does not
+    follow directory links, so a link loop cannot make the walk endless.
+    """
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*filenames, *dirnames):
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                out.append(Path(dirpath) / name)
+    return sorted(out)
+
+
+def _check_links(items: Sequence[str], root: Path, on_error: str) -> tuple[list[bool], list[tuple[str, str]]]:
+    """Per-item check that a symbolic link stays inside the data root.
+
+    A link out of the root (``/etc/passwd``, another user's data) is one item's
+    problem: skipped with its cause under ``on_error="skip"``, one named error under
+    ``"raise"``. Loops and dangling links are left to validation, which names them.
+
+    Returns:
+        ``(keep, skipped)``: a flag per item and ``(path, cause)`` of the dropped ones.
+    """
+    from cxr_tf.errors import CXRImageError
+
+    if on_error not in ("raise", "skip"):
+        raise CXRDatasetError(None, f"on_error must be 'raise' or 'skip'; got {on_error!r}")
+    root_real = os.path.realpath(root)
+    keep, skipped = [], []
+    for item in items:
+        real = os.path.realpath(item)  # never raises: a loop resolves as far as it can
+        inside = real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+        if inside or not os.path.lexists(item) or not os.path.exists(item):
+            keep.append(True)  # missing / dangling / looping: validation names it
+            continue
+        cause = f"symbolic link to {real!r}, outside the data root {root_real!r}"
+        if on_error == "raise":
+            raise CXRImageError(item, cause)
+        keep.append(False)
+        skipped.append((item, cause))
+    return keep, skipped
 
 
 def load_kermany(
@@ -108,6 +149,10 @@ def load_kermany(
         cls = sub if classes == "3class" else ("normal" if sub == "normal" else "pneumonia")
         # NORMAL IM-XXXX and PNEUMONIA personN live in separate namespaces already.
         rows.append(dict(item=str(p), patient_id=pid, subtype=sub, label=cls, kermany_split=split))
+    if rows:
+        keep, outside = _check_links([r["item"] for r in rows], root, on_error)
+        rows = [r for r, k in zip(rows, keep) if k]
+        skipped += outside
     if not rows:
         raise CXRDatasetError(root, "no Kermany images found (expected NORMAL/ and PNEUMONIA/ folders)")
     meta = pd.DataFrame(rows)
@@ -179,6 +224,7 @@ def load_folder(
     root: str | os.PathLike,
     class_names: Sequence[str] | None = None,
     patient_regex: str | None = None,
+    on_error: str = "raise",
 ) -> CXRDataset:
     """Folder-per-class layout ``root/<class>/<image>``.
 
@@ -188,6 +234,8 @@ def load_folder(
         patient_regex: a regex whose first group extracts the patient id from the file
             name. Without it each image is its own patient (a warning says so,
             because a patient with several images could then leak across splits).
+        on_error: a symbolic link out of ``root`` raises (``"raise"``) or is
+            skipped and listed in ``ds.skipped`` (``"skip"``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -209,6 +257,8 @@ def load_folder(
             else:
                 pid = f"{c}/{p.stem}"
             rows.append(dict(item=str(p), patient_id=pid, label=c, label_index=ci))
+    keep, skipped = _check_links([r["item"] for r in rows], root, on_error)
+    rows = [r for r, k in zip(rows, keep) if k]
     if not rows:
         raise CXRDatasetError(root, "no images found in the class folders")
     if rx is None:
@@ -217,7 +267,9 @@ def load_folder(
     meta["source"] = root.name
     labels = np.zeros((len(meta), len(names)), np.float32)
     labels[np.arange(len(meta)), meta["label_index"].to_numpy()] = 1.0
-    return CXRDataset(meta["item"].tolist(), labels, names, meta, name=root.name)
+    ds = CXRDataset(meta["item"].tolist(), labels, names, meta, name=root.name)
+    ds.skipped = skipped
+    return ds
 
 
 def load_csv_manifest(
@@ -227,11 +279,14 @@ def load_csv_manifest(
     label_column: str = "label",
     patient_column: str | None = None,
     image_root: str | os.PathLike | None = None,
+    on_error: str = "raise",
 ) -> CXRDataset:
     """A CSV manifest: one row per image with a path, a class label and a patient id.
 
     Paths are relative to ``image_root`` (default: the CSV's folder) and may not
-    escape it. Labels outside ``class_names`` are an error naming the rows.
+    escape it (a ``..`` path is an error naming the row; a symbolic link out of it is
+    one item's error, raised or, with ``on_error="skip"``, listed in ``ds.skipped``).
+    Labels outside ``class_names`` are an error naming the rows.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -274,10 +329,12 @@ def load_csv_manifest(
         raise CXRDatasetError(csv_path, f"unknown labels {vals} in rows {rows(unknown)} (classes: {names})")
     items = []
     for i, rel in enumerate(df[path_column]):
-        try:
-            p = (root / rel.strip()).resolve()
-        except (ValueError, OSError) as e:  # e.g. an embedded NUL byte
-            raise CXRDatasetError(csv_path, f"row {i + 2}: unusable path {rel!r} ({e})") from None
+        if "\x00" in rel:
+            raise CXRDatasetError(csv_path, f"row {i + 2}: unusable path {rel!r} (embedded NUL byte)")
+        # Lexical, not resolve(): resolving follows links (a loop raised a bare
+        # RuntimeError, a link out of the root aborted the whole run); links are
+        # checked per item below and by validation.
+        p = Path(os.path.normpath(os.path.join(root_abs, rel.strip())))
         if root_abs not in p.parents:
             raise CXRDatasetError(csv_path, f"row {i + 2}: path {rel!r} escapes the data root {root}")
         items.append(str(p))
@@ -295,7 +352,14 @@ def load_csv_manifest(
     meta["source"] = csv_path.stem
     labels = np.zeros((len(df), len(names)), np.float32)
     labels[np.arange(len(df)), labels_str.map(names.index).to_numpy()] = 1.0
-    return CXRDataset(items, labels, names, meta, name=csv_path.parent.name)
+    keep, skipped = _check_links(items, root_abs, on_error)
+    ds = CXRDataset(items, labels, names, meta, name=csv_path.parent.name)
+    if not all(keep):
+        ds = ds.subset(np.asarray(keep, dtype=bool))
+        if len(ds) == 0:
+            raise CXRDatasetError(csv_path, "no usable rows: every path is a link out of the data root")
+    ds.skipped = skipped
+    return ds
 
 
 FORMATS: dict[str, Callable[..., CXRDataset]] = {

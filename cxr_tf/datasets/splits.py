@@ -163,14 +163,17 @@ def save_splits(path: str | os.PathLike, ds: CXRDataset, split: Sequence[str]) -
     df = pd.DataFrame({"item": portable_item_names(ds), "patient": ds.patient_ids, "split": np.asarray(split)})
     if not ds.multilabel:
         df["label"] = np.array(ds.class_names)[ds.class_index()]
-    df.to_csv(path, index=False)
+    # surrogateescape: a file name that is not valid UTF-8 is written back as its own
+    # bytes (and read back the same way below) instead of crashing the run.
+    df.to_csv(path, index=False, encoding="utf-8", errors="surrogateescape")
 
 
 def load_splits(path: str | os.PathLike, ds: CXRDataset) -> np.ndarray:
     """Read a saved ``splits.csv`` back onto ``ds`` (items matched by name)."""
     # keep_default_na=False: an empty split ("", an item in no split, e.g. dropped by
     # --dedupe) must read back as "", not as the string "nan" (which check_leakage counts).
-    df = pd.read_csv(path, keep_default_na=False)
+    # surrogateescape: non-UTF-8 file names were written as their own bytes.
+    df = pd.read_csv(path, keep_default_na=False, encoding="utf-8", encoding_errors="surrogateescape")
     where = dict(zip(df["item"].astype(str), df["split"].astype(str)))
     names = ds.item_names
     keys = _match_saved(where, names)

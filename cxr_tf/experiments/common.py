@@ -91,8 +91,8 @@ def check_items(cfg, ds: CXRDataset, run) -> CXRDataset:
     from cxr_tf.data import prepare_items
 
     t = time.time()
+    # prepare_items returns the loader's skipped entries and its own, in one list
     ds, skipped = prepare_items(ds, cache_dir=cfg.cache_dir, on_error=cfg.on_error)
-    skipped = list(getattr(ds, "skipped", [])) + list(skipped)
     from cxr_tf.io import write_skip_list
 
     write_skip_list(skipped, run / "skipped.csv")
@@ -116,11 +116,15 @@ def load_experiment_data(cfg, classes: str = "3class") -> CXRDataset:
             # is an error naming the rows, not a silent extra class.
             kwargs = {"class_names": ["bacterial", "viral", "normal"] if classes == "3class"
                       else ["normal", "pneumonia"]}
+        if fmt in ("folder", "csv"):  # broken / looping / outside-root links: per-item errors
+            kwargs["on_error"] = cfg.on_error
         ds = load_dataset(cfg.data_dir, fmt, **kwargs)
         if fmt == "folder":  # no user-given patient ids: DICOMs group by PatientID, pseudonymized
             from cxr_tf.privacy import pseudonymize_dicom_patients
 
+            listed_skipped = getattr(ds, "skipped", [])
             ds, n = pseudonymize_dicom_patients(ds)
+            ds.skipped = listed_skipped
             if n:
                 log(f"patient ids of {n} DICOM files from their PatientID tag (salted hash, cxr_tf.privacy)")
         return ds
@@ -294,7 +298,7 @@ def _raw_images(ds: CXRDataset):
             a = np.asarray(item, np.float32)
             yield a[..., None] if a.ndim == 2 else a
         else:
-            yield decode_image(tf.io.read_file(str(item))).numpy()
+            yield decode_image(tf.io.read_file(os.fsencode(str(item)))).numpy()  # non-UTF-8 names: bytes
 
 
 def print_tensorboard_hint(run) -> None:

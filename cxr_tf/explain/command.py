@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-n", type=int, default=32, help="Score-CAM: channels used (Faster Score-CAM); 0 = all")
     p.add_argument("--class", dest="class_name", default=None, help="class to explain (default: the predicted one)")
     p.add_argument("--out", default="explanations")
+    p.add_argument("--cache-dir", default=None,
+                   help="where DICOM/TIFF/BMP/... inputs are cached as 16-bit PNG (default ~/.cache/cxr_tf/decoded)")
 
 
 def run(a) -> list[Path]:
@@ -36,7 +38,7 @@ def run(a) -> list[Path]:
     model = load_keras_model(a.model)
     size = int(model.input.shape[1])
     names = list(getattr(model, "class_names", [str(i) for i in range(model.output.shape[-1])]))
-    x = load_images(a.images, size)
+    x = load_images(a.images, size, getattr(a, "cache_dir", None))
     prob = np.asarray(model.predict(x, verbose=0))
     if a.class_name is not None:
         if a.class_name not in names:
@@ -54,6 +56,8 @@ def run(a) -> list[Path]:
                      **{f"p_{n}": float(v) for n, v in zip(names, prob[i])},
                      "border_share": float(border_mass(cams[i])[0]), "layer": ex.layer})
     out = Path(a.out)
-    pd.DataFrame(rows).to_csv(out / "explanations.csv", index=False)
+    # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes
+    # (cxr_tf.io.CSV_ENCODING) instead of crashing after the CAMs were computed.
+    pd.DataFrame(rows).to_csv(out / "explanations.csv", index=False, encoding="utf-8", errors="surrogateescape")
     print(f"[cxr_tf] {a.method} on layer {ex.layer}: wrote {len(written)} PNGs and {out / 'explanations.csv'}")
     return written

@@ -58,17 +58,31 @@ def load_keras_model(path: str | os.PathLike):
     )
 
 
-def load_images(paths, image_size: int) -> np.ndarray:
-    """PNG / JPEG / DICOM files -> a model-ready batch ``(N, S, S, 1)`` in [0, 1].
+def load_images(paths, image_size: int, cache_dir=None) -> np.ndarray:
+    """Image files -> a model-ready batch ``(N, S, S, 1)`` in [0, 1].
 
-    Decoded by :func:`cxr_tf.io.read_image` (the project's errors name a bad file),
-    then scaled and resized by the same TF ops as training and serving.
+    Through the same decoding contract as training and serving (:mod:`cxr_tf.io.graph`):
+    each file is proved by :func:`cxr_tf.io.graph_input` (a bad file raises the
+    project's error naming it), files the graph cannot decode as they are go through
+    the decode cache, and the pixels come from the graph's own
+    :func:`cxr_tf.data.preprocess.prepare_image`, so a CAM explains exactly the image
+    the model was trained and served on.
+
+    Args:
+        paths: image files (PNG, JPEG, DICOM, TIFF, BMP, ...).
+        image_size: model input side.
+        cache_dir: decode cache (default :func:`cxr_tf.data.pipeline.default_cache_dir`).
     """
-    from cxr_tf.data.preprocess import prepare_float_batch
-    from cxr_tf.io import read_image
+    import tensorflow as tf
 
+    from cxr_tf.data.pipeline import default_cache_dir
+    from cxr_tf.data.preprocess import prepare_image
+    from cxr_tf.io import graph_input
+
+    cache_dir = cache_dir or default_cache_dir()
     out = []
     for p in paths:
-        arr = read_image(p)
-        out.append(prepare_float_batch(arr[None, ..., None], image_size).numpy()[0])
+        src = graph_input(p, cache_dir=cache_dir)
+        # fsencode: a non-UTF-8 file name reaches TF as its own bytes
+        out.append(prepare_image(tf.io.read_file(os.fsencode(src)), image_size).numpy())
     return np.stack(out)

@@ -5,13 +5,21 @@ Every failure is a :class:`cxr_tf.errors.CXRImageError` (``CXRDicomError`` for
 DICOM) naming the file and the cause.
 """
 from ._common import DEFAULT_MAX_PIXELS
-from .cache import cache_key, to_png_cache
+from .cache import cache_key, cache_path, to_png_cache
 from .dicom import SAFE_DICOM_TAGS, dicom_metadata_safe, read_dicom
 from .formats import SUPPORTED_FORMATS, TF_DECODABLE_FORMATS, sniff_format
 from .images import read_image
-from .validate import validate_images, write_skip_list
+from .graph import GRAPH_FORMATS, tf_decode
+from .validate import CSV_ENCODING, graph_input, prepare_graph_inputs, read_skip_list, validate_images, write_skip_list
 
 __all__ = [
+    "CSV_ENCODING",
+    "GRAPH_FORMATS",
+    "cache_path",
+    "graph_input",
+    "prepare_graph_inputs",
+    "read_skip_list",
+    "tf_decode",
     "DEFAULT_MAX_PIXELS",
     "SAFE_DICOM_TAGS",
     "SUPPORTED_FORMATS",

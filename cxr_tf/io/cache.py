@@ -1,4 +1,4 @@
-"""Decode-once cache: files TF cannot decode (DICOM, TIFF, NPY) become 16-bit PNGs.
+"""Decode-once cache: files the graph cannot decode as they are become 16-bit PNGs.
 
 DICOM is decoded once, outside the graph, then cached, so the tf.data pipeline
 only ever sees formats ``tf.io.decode_image`` reads.
@@ -13,8 +13,6 @@ import numpy as np
 from PIL import Image
 
 from ._common import DEFAULT_MAX_PIXELS, atomic_write
-from .formats import TF_DECODABLE_FORMATS, sniff_format
-from .images import read_image
 
 
 def cache_key(path: str | os.PathLike) -> str:
@@ -37,15 +35,38 @@ def to_uint16_minmax(img: np.ndarray) -> np.ndarray:
     Args:
         img: 2-D array in any range.
     """
-    x = np.asarray(img, dtype=np.float64)
+    x = np.array(img, dtype=np.float64)  # one working copy, then in-place (memory budget)
     finite = np.isfinite(x)
     if not finite.any():
         return np.zeros(x.shape, np.uint16)
-    lo, hi = float(x[finite].min()), float(x[finite].max())
-    x = np.where(finite, x, lo)
+    all_finite = bool(finite.all())
+    lo, hi = (float(x.min()), float(x.max())) if all_finite else (float(x[finite].min()), float(x[finite].max()))
+    if not all_finite:
+        x[~finite] = lo
+    del finite
     if hi <= lo:
         return np.zeros(x.shape, np.uint16)
-    return np.round((x - lo) * (65535.0 / (hi - lo))).clip(0, 65535).astype(np.uint16)
+    x -= lo
+    x *= 65535.0 / (hi - lo)
+    np.rint(x, out=x)
+    np.clip(x, 0, 65535, out=x)
+    return x.astype(np.uint16)
+
+
+def cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike) -> str:
+    """Where the decoded PNG of ``path`` lives in ``cache_dir`` (it may not exist yet)."""
+    return os.path.join(os.fspath(cache_dir), cache_key(path) + ".png")
+
+
+def write_cache(pixels: np.ndarray, out: str) -> str:
+    """Write decoded pixels as the 16-bit gray PNG ``out`` (min-max scaled, atomically).
+
+    The PNG holds pixels only: no text chunks, no DICOM header.
+    """
+    data = to_uint16_minmax(pixels)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    # no pnginfo given, so no metadata chunks: pixels only
+    return atomic_write(out, lambda f: Image.fromarray(data).save(f, format="PNG"))
 
 
 def to_png_cache(
@@ -54,12 +75,13 @@ def to_png_cache(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> str:
-    """Return a path TF can decode: the file itself, or a cached 16-bit PNG of it.
+    """Prove ``path`` decodes and return a path the graph decodes the same way.
 
-    PNG, JPEG, BMP and GIF (by content) are returned unchanged. Anything else
-    (DICOM, TIFF, NPY) is decoded with :func:`read_image`, min-max scaled to
-    uint16 and written as a grayscale PNG named by :func:`cache_key`, so later
-    calls reuse it. The PNG holds pixels only: no text chunks, no DICOM header.
+    PNG and JPEG files the graph's own decoder reads as they are (checked with that
+    very decoder) are returned unchanged. Anything else (DICOM, TIFF, NPY, BMP, GIF,
+    CMYK JPEG, 16-bit colour PNG, EXIF-rotated JPEG) is decoded with
+    :func:`read_image`, min-max scaled to uint16 and written as a grayscale PNG named
+    by :func:`cache_key`, so later calls reuse it. See :mod:`cxr_tf.io.graph`.
 
     Args:
         path: source image.
@@ -69,14 +91,6 @@ def to_png_cache(
     Raises:
         CXRImageError: the source cannot be decoded.
     """
-    path = os.fspath(path)
-    if sniff_format(path) in TF_DECODABLE_FORMATS:
-        return path
-    cache_dir = os.fspath(cache_dir)
-    out = os.path.join(cache_dir, cache_key(path) + ".png")
-    if os.path.isfile(out):
-        return out
-    pixels = to_uint16_minmax(read_image(path, max_pixels=max_pixels))
-    os.makedirs(cache_dir, exist_ok=True)
-    # no pnginfo given, so no metadata chunks: pixels only
-    return atomic_write(out, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+    from .validate import graph_input
+
+    return graph_input(path, max_pixels=max_pixels, cache_dir=cache_dir)

@@ -14,7 +14,7 @@ import numpy as np
 
 from cxr_tf.errors import CXRConfigError, CXRDicomError, CXRImageError
 
-from ._common import DEFAULT_MAX_PIXELS, as_gray_float32, check_pixels, check_readable_file, luminance
+from ._common import DEFAULT_MAX_PIXELS, as_gray_float32, check_budget, check_readable_file, luminance
 
 _DECODER_HINT = (
     "transfer syntax {name} needs the optional decoders: pip install 'cxr_tf[dicom]' "
@@ -133,7 +133,11 @@ def _monochrome(arr: np.ndarray, ds, path: str, window: str | None, photometric:
             x = windowed  # pydicom's windowing keeps the modality range computed above
 
     x = np.asarray(x, dtype=np.float64)
-    if photometric == "MONOCHROME1":
+    # Presentation LUT Shape INVERSE asks for the same flip as MONOCHROME1 (some DX/CR
+    # files store MONOCHROME2 pixels with INVERSE); a MONOCHROME1 file that also says
+    # INVERSE is restating it (PS3.3 C.8.11.6), not asking for a second flip.
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    if photometric == "MONOCHROME1" or shape == "INVERSE":
         # MONOCHROME1 means low values are white; flip within the nominal range so
         # bone ends up bright like MONOCHROME2. Widen the range if a header
         # under-states it, so the result never leaves it.
@@ -219,7 +223,12 @@ def _pixels_from_dataset(ds, path: str, window: str | None, max_pixels: int | No
         rows, cols = int(ds.Rows), int(ds.Columns)
     except Exception as e:  # noqa: BLE001
         raise CXRDicomError(path, f"no usable Rows/Columns in the header ({type(e).__name__}: {e})") from None
-    check_pixels(path, cols, rows, max_pixels, CXRDicomError)
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (TypeError, ValueError):
+        samples, bits = 1, 16
+    check_budget(path, cols, rows, samples, bits, max_pixels, CXRDicomError)
 
     try:
         _ensure_transfer_syntax(ds)

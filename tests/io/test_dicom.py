@@ -307,7 +307,9 @@ def test_png_cache_round_trip(dicom_dir, tmp_path, monkeypatch):
     def must_not_decode(*a, **k):
         raise AssertionError("cache miss: the DICOM was decoded again")
 
-    monkeypatch.setattr(cache, "read_image", must_not_decode)
+    from cxr_tf.io import validate
+
+    monkeypatch.setattr(validate, "read_image", must_not_decode)
     assert to_png_cache(src, cache_dir) == png
     after = os.stat(png)
     assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
