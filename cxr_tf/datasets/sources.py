@@ -76,11 +76,14 @@ def _list_images(root: Path) -> list[Path]:
 
 
 def _check_links(items: Sequence[str], root: Path, on_error: str) -> tuple[list[bool], list[tuple[str, str]]]:
-    """Per-item check that a symbolic link stays inside the data root.
+    """Per-item check that a CSV manifest's file stays inside its data root.
 
-    A link out of the root (``/etc/passwd``, another user's data) is one item's
-    problem: skipped with its cause under ``on_error="skip"``, one named error under
-    ``"raise"``. Loops and dangling links are left to validation, which names them.
+    A manifest names files by path, so a row (or a link it names) that leads out of the
+    root (``/etc/passwd``, another user's data) is refused, as one item's problem:
+    skipped with its cause under ``on_error="skip"``, one named error under ``"raise"``.
+    Folder and Kermany layouts do not use this: a dataset built from links into shared
+    storage is an ordinary layout there. Loops and dangling links are left to
+    validation, which names them.
 
     Returns:
         ``(keep, skipped)``: a flag per item and ``(path, cause)`` of the dropped ones.
@@ -149,10 +152,6 @@ def load_kermany(
         cls = sub if classes == "3class" else ("normal" if sub == "normal" else "pneumonia")
         # NORMAL IM-XXXX and PNEUMONIA personN live in separate namespaces already.
         rows.append(dict(item=str(p), patient_id=pid, subtype=sub, label=cls, kermany_split=split))
-    if rows:
-        keep, outside = _check_links([r["item"] for r in rows], root, on_error)
-        rows = [r for r, k in zip(rows, keep) if k]
-        skipped += outside
     if not rows:
         raise CXRDatasetError(root, "no Kermany images found (expected NORMAL/ and PNEUMONIA/ folders)")
     meta = pd.DataFrame(rows)
@@ -234,8 +233,9 @@ def load_folder(
         patient_regex: a regex whose first group extracts the patient id from the file
             name. Without it each image is its own patient (a warning says so,
             because a patient with several images could then leak across splits).
-        on_error: a symbolic link out of ``root`` raises (``"raise"``) or is
-            skipped and listed in ``ds.skipped`` (``"skip"``).
+        on_error: kept for a uniform loader signature: unreadable entries (broken
+            links, loops, folders named like images) are named by validation, which
+            skips or raises per ``--on-error``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -257,8 +257,6 @@ def load_folder(
             else:
                 pid = f"{c}/{p.stem}"
             rows.append(dict(item=str(p), patient_id=pid, label=c, label_index=ci))
-    keep, skipped = _check_links([r["item"] for r in rows], root, on_error)
-    rows = [r for r, k in zip(rows, keep) if k]
     if not rows:
         raise CXRDatasetError(root, "no images found in the class folders")
     if rx is None:
@@ -268,7 +266,7 @@ def load_folder(
     labels = np.zeros((len(meta), len(names)), np.float32)
     labels[np.arange(len(meta)), meta["label_index"].to_numpy()] = 1.0
     ds = CXRDataset(meta["item"].tolist(), labels, names, meta, name=root.name)
-    ds.skipped = skipped
+    ds.skipped = []
     return ds
 
 

@@ -102,7 +102,9 @@ def thumbnail_sheet(ds: CXRDataset, pairs: pd.DataFrame, path: str | os.PathLike
             x0 = cc * cell_w + s_i * size
             oy, ox = (size - t.shape[0]) // 2, (size - t.shape[1]) // 2
             mosaic[y0 + oy:y0 + oy + t.shape[0], x0 + ox:x0 + ox + t.shape[1]] = t
-            name = os.path.basename(str(r[f"item_{side}"]))
+            # a name that is not valid UTF-8 carries surrogates, which fonts cannot draw
+            name = os.path.basename(str(r[f"item_{side}"])).encode("utf-8", "surrogateescape").decode(
+                "utf-8", "replace")
             texts.append((x0 + size / 2, y0 - 2, f"{r[f'source_{side}']}\n{name[:24]} [{r[f'split_{side}'] or '-'}]",
                           "black", "bottom"))
         texts.append((cc * cell_w + 4, y0 + size - 4, f"d={int(r['distance'])}", "white", "bottom"))
@@ -160,7 +162,8 @@ def audit_duplicates(ds: CXRDataset, split: Sequence[str] | None, out_dir: str |
         root = os.path.commonpath([os.path.dirname(n) for n in names])
         for c in ("item_a", "item_b"):
             table[c] = [os.path.relpath(n, root) for n in table[c]]
-    table.to_csv(out / "duplicates.csv", index=False)
+    # file names that are not valid UTF-8 are written as their own bytes, as in splits.csv
+    table.to_csv(out / "duplicates.csv", index=False, encoding="utf-8", errors="surrogateescape")
     counts = {"threshold": int(threshold), "hash_bits": N_BITS, **duplicate_counts(pairs, len(ds))}
     keep = dedupe_mask(ds, pairs, split) if dedupe else np.ones(len(ds), bool)
     if dedupe:
