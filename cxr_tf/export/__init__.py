@@ -2,6 +2,8 @@
 from cxr_tf.export.savedmodel import (
     ExportedModel,
     ExportResult,
+    decision_rule,
+    describe_export,
     docker_command,
     export_for_serving,
     inspect_with_cli,
@@ -16,6 +18,8 @@ from cxr_tf.export.serving_protos import read_warmup_file, serving_messages
 __all__ = [
     "ExportResult",
     "ExportedModel",
+    "decision_rule",
+    "describe_export",
     "docker_command",
     "export_for_serving",
     "inspect_with_cli",
