@@ -123,7 +123,8 @@ def test_deep_covid_smoke_and_explain_cli_on_its_export(tmp_path, data_dir, writ
     sw = pd.read_csv(run / "tiny_cnn" / "threshold_sweep.csv")
     assert {"sensitivity_normal_lo", "sensitivity_wilson_lo", "specificity_normal_hi"} <= set(sw.columns)
     export = m["exports"]["tiny_cnn"]["export"]
-    assert Path(export, "assets.extra", "cxr_tf_model.keras").is_file()
+    meta = json.loads(Path(export, "assets.extra", "cxr_tf_metadata.json").read_text())
+    assert meta["keras_model"] and meta["threshold"] is not None  # explain rebuilds the model from the export
     png = next((data_dir / "covid19_radiography" / "COVID").iterdir())
     dcm = tmp_path / "covid_scan.dcm"  # always a DICOM input: generated, not an optional data file
     from PIL import Image
