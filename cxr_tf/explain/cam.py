@@ -39,11 +39,9 @@ MIN_GRID = 7
 
 
 def _require_tf_keras_vis():
-    try:
-        import tf_keras_vis  # noqa: F401
-    except ImportError:
-        raise CXRConfigError("explanations need tf-keras-vis: pip install 'cxr_tf[explain]' "
-                             "(or pip install tf-keras-vis)") from None
+    from cxr_tf.errors import require_optional
+
+    require_optional("tf_keras_vis", "explain", "explanations", "tf-keras-vis")
 
 
 def feature_map_layers(model) -> list[str]:
