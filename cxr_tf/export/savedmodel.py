@@ -766,10 +766,11 @@ def serving_readme(base_dir: str | os.PathLike, name: str, *, multilabel: bool =
     Args:
         base_dir: host folder holding the model folders.
         name: the model name.
-        multilabel: whether the export has no ``class_index`` output.
+        multilabel: whether the export's decision is per label (no ``class_index``).
         rest_port, grpc_port: host ports.
     """
-    outputs = "probabilities" if multilabel else "probabilities, class_index"
+    outputs = ("probabilities, decision (0/1 per label)" if multilabel else
+               "probabilities, decision (class name by the exported threshold), class_index")
     return f"""# Serving `{name}` with TF Serving
 
 ```bash
