@@ -74,6 +74,16 @@ def load_keras_model(path: str | os.PathLike):
     )
 
 
+def export_threshold(path: str | os.PathLike) -> float | None:
+    """The binary operating point of a cxr_tf export (top level, or nested in older exports); None if none."""
+    meta_file = Path(path) / "assets.extra" / "cxr_tf_metadata.json"
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    t = meta.get("threshold", (meta.get("metadata") or {}).get("threshold"))
+    return None if t is None else float(t)
+
+
 def _load_keras_file(path: Path):
     import keras
 

@@ -274,3 +274,27 @@ def test_explain_real_dicom_and_jpeg_at_original_resolution(data_dir, tmp_path, 
         assert np.asarray(Image.open(out / f"{f.stem}_gradcam_overlay.png")).shape[:2] == (h, w)
         assert np.asarray(Image.open(out / f"{f.stem}_gradcam_heatmap.png")).shape[:2] == (h, w)
         assert (out / f"{f.stem}_gradcam_panel.png").stat().st_size > 10_000
+
+
+def test_explain_predicts_by_the_exports_threshold(tmp_path, trained):
+    """A binary export's predicted (and explained) class is its served decision, not argmax."""
+    import pandas as pd
+    from PIL import Image
+
+    from cxr_tf.cli import main as cli
+    from cxr_tf.export import export_for_serving, load_exported
+
+    m, x, _, _ = trained
+    files = []
+    for i in range(4):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray((x[i, ..., 0] * 255).astype("uint8")).save(p)
+        files.append(str(p))
+    export = export_for_serving(m, tmp_path / "sm", "blobs", class_names=m.class_names, image_size=S,
+                                threshold=0.999999).path
+    out = tmp_path / "out"
+    assert cli(["explain", "--model", str(export), *files, "--out", str(out)]) == 0
+    t = pd.read_csv(out / "explanations.csv")
+    served = load_exported(export).serve_bytes([open(f, "rb").read() for f in files])["decision"].astype(str)
+    assert list(t["predicted"]) == list(served) == list(t["explained"])
+    assert (t["p_top_left"] > 0.5).any() and (t["predicted"] == "background").all()  # argmax would differ
