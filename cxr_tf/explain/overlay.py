@@ -119,9 +119,12 @@ def save_explanation(image: np.ndarray, cam: np.ndarray, out_dir: str | os.PathL
     ax.imshow(gray, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.imshow(big, cmap=cmap, vmin=0, vmax=1, alpha=alpha, interpolation="nearest")
     ax.set_axis_off()
-    # text about 1/30 of the image height (points = pixels * 72 / dpi), legible from 64 px to 3000 px
-    ax.text(0.01 * w, 0.01 * h, label, color="white", va="top", ha="left",
-            fontsize=max(h / 30, 5) * 72 / dpi, bbox=dict(facecolor="black", alpha=0.6, pad=2, edgecolor="none"))
+    # one line per " | " part; text about 1/30 of the image height, narrowed until the longest
+    # line fits the width (a glyph is ~0.6 em wide); points = pixels * 72 / dpi
+    lines = label.split(" | ")
+    px = max(min(h / 30, 0.95 * w / (0.6 * max(map(len, lines)))), 5)
+    ax.text(0.01 * w, 0.01 * h, "\n".join(lines), color="white", va="top", ha="left", fontsize=px * 72 / dpi,
+            bbox=dict(facecolor="black", alpha=0.6, pad=2, edgecolor="none"))
     fig.savefig(paths["overlay"], dpi=dpi)
     plt.close(fig)
 
