@@ -663,8 +663,8 @@ def describe_export(path: str | os.PathLike) -> str:
         lines.append("class thresholds: " + ", ".join(f"{c} {t:g}" for c, t in zip(m.class_names, m.class_thresholds)))
     lines.append("signatures:")
     for name, fn in sorted(m.signatures.items()):
-        ins = ", ".join(f"{k} {v.dtype.name} {_shape(v.shape)}" for k, v in sorted(fn.structured_input_signature[1].items()))
-        outs = ", ".join(f"{k} {v.dtype.name} {_shape(v.shape)}" for k, v in sorted(fn.structured_outputs.items()))
+        ins, outs = (", ".join(f"{k} {v.dtype.name} {_shape(v.shape)}" for k, v in sorted(specs.items()))
+                     for specs in (fn.structured_input_signature[1], fn.structured_outputs))
         lines.append(f"  {name}: ({ins}) -> ({outs})")
     if meta.get("created_utc"):
         lines.append(f"created:     {meta['created_utc']} with cxr_tf {meta.get('cxr_tf_version', '?')}, "
