@@ -211,9 +211,11 @@ class Explainer:
 
     Args:
         model: a flat Keras model taking images ``(N, H, W, C)`` (a CXRClassifier or any
-            functional model with a softmax/sigmoid output layer).
+            functional model whose last layer carries the softmax/sigmoid; it is left
+            unchanged: CAMs are computed on a linear-output twin with the same weights).
         method: ``gradcam``, ``gradcam++`` or ``scorecam``.
-        layer: target layer name (default: the registered CAM layer, see :func:`target_layer`).
+        layer: target layer name (default: :func:`choose_target_layer`, a map of at least
+            ``MIN_GRID`` x ``MIN_GRID``; ``layer_reason`` says what was chosen and why).
         max_n: Score-CAM only: use the ``max_n`` highest-variance channels (Faster
             Score-CAM); ``None`` uses all channels (one forward pass each: slow).
         batch_size: Score-CAM's masked-input batch size.
