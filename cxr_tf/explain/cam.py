@@ -129,8 +129,7 @@ def choose_target_layer(model, min_grid: int = MIN_GRID) -> tuple[str, str]:
     size = model.input.shape[1]
     if g is None or min(g) >= min_grid:
         return default, f"CAM layer {default}" + (f" ({g[0]}x{g[1]} at {size} px)" if g else "")
-    stages = [n for n in _stage_outputs(model) if (layer_grid(model, n) or (0, 0))[0] >= min_grid
-              and min(layer_grid(model, n)) >= min_grid]
+    stages = [n for n in _stage_outputs(model) if min(layer_grid(model, n) or (0,)) >= min_grid]
     if stages:
         pick = stages[-1]
         pg = layer_grid(model, pick)
