@@ -70,6 +70,27 @@ class CXRModelError(CXRError, ValueError):
     """A model cannot be built or used as asked (e.g. unknown layer name)."""
 
 
+def require_optional(module: str, extra: str, purpose: str, pip_name: str | None = None):
+    """Import an optional dependency, or fail with the install hint (a :class:`CXRConfigError`).
+
+    Every optional extra goes through here, so a missing one is one line naming the
+    extra to install, never a raw ``No module named ...`` traceback.
+
+    Args:
+        module: the module to import (``cv2``).
+        extra: the cxr_tf extra that installs it (``perceptual``).
+        purpose: what needs it, for the message (``perceptual_testset``).
+        pip_name: the package name when it differs from the module (``opencv-python-headless``).
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise CXRConfigError(f"{purpose} needs {pip_name or module}: pip install 'cxr_tf[{extra}]'"
+                             + (f" (or pip install {pip_name})" if pip_name else "")) from None
+
+
 def run_main(fn, *args, **kwargs) -> int:
     """Run a command's body: the project's errors become one line on stderr and exit code 2.
 

@@ -99,7 +99,7 @@ def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: st
         prob = np.concatenate([_predict_files(model, ds.items[i:i + batch_size], ds.item_names[i:i + batch_size],
                                               batch_size) for i in range(0, len(ds), batch_size)])
     if threshold is None and len(model.class_names) == 2:
-        threshold = (model.metadata.get("metadata") or model.metadata).get("threshold")
+        threshold = model.threshold  # top level, or nested in older exports
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = out or os.path.join("runs", "evaluate", stamp)
     os.makedirs(out, exist_ok=True)

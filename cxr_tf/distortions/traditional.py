@@ -37,11 +37,9 @@ from cxr_tf.errors import CXRConfigError, CXRInputError
 
 
 def _cv2():
-    try:
-        import cv2
-    except ImportError as e:  # pragma: no cover - environment dependent
-        raise ImportError("cxr_tf.distortions needs OpenCV: pip install opencv-python-headless") from e
-    return cv2
+    from cxr_tf.errors import require_optional
+
+    return require_optional("cv2", "perceptual", "cxr_tf.distortions", "opencv-python-headless")
 
 
 def check_image(image) -> np.ndarray:

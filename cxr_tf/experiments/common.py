@@ -259,11 +259,16 @@ def export_and_verify(cfg, model, test_ds: CXRDataset, name: str, saved_models_d
             b = Path(p).read_bytes()
             check_bytes.append(b)
         warm = check_bytes[:2]
+    extra = dict(extra_metadata or {})
+    threshold = extra.pop("threshold", None)
+    config = cfg.to_dict()
+    # The config's ``classes`` is a Kermany preset name; for any other data it says nothing
+    # (a 2-class folder model is not "3class"): the classes are the model's own.
+    config["classes"] = list(model.class_names)
     res = export_for_serving(
         model, saved_models_dir, name=name, class_names=model.class_names, image_size=model.image_size,
-        metadata={"experiment": cfg.experiment, "config": cfg.to_dict(), "parameters": model.parameter_counts(),
-                  **(extra_metadata or {})},
-        warmup_images=warm or None, multilabel=model.multilabel,
+        metadata={"experiment": cfg.experiment, "config": config, "parameters": model.parameter_counts(), **extra},
+        warmup_images=warm or None, multilabel=model.multilabel, threshold=threshold,
     )
     out = {"path": str(res.path), "version": res.version}
     out["sizes"] = dict(res.sizes)

@@ -312,11 +312,9 @@ def run(cfg: DeepCovidConfig) -> dict:
         cam = cam_check(clf, arrays["test"][0][: cfg.cam_images], run_dir, name, cfg.cam_method)
         cam_rows.append({"model": name, **cam})
         if cfg.export_models == "all" or name in cfg.export_models.split(","):
-            from cxr_tf.explain import attach_keras_model
-
+            # the export stores the model's config: cxr-tf explain rebuilds it on the exported variables
             exp = common.export_and_verify(cfg, clf, parts["test"], f"deep_covid_{name}", cfg.saved_models_dir,
                                            extra_metadata={"threshold": t_val, "run_dir": str(run_dir)})
-            attach_keras_model(exp["path"], clf)
             info[name] = {"export": exp["path"], "served_vs_offline": exp["max_abs_diff_vs_keras"]}
         common.log(f"{name}: test AUC {rows[-1]['auc']:.3f}; specificity at sensitivity 98% (test) "
                    f"{rows[-1]['test_specificity_at_sens98']}; at the validation threshold: sens "

@@ -123,7 +123,9 @@ def pair_types(names, n: int, rng) -> tuple[list[str], list[str]]:
 
 
 def _to_unit(a: np.ndarray, size: int) -> np.ndarray:
-    import cv2
+    from cxr_tf.errors import require_optional
+
+    cv2 = require_optional("cv2", "perceptual", "the perceptual test set", "opencv-python-headless")
 
     a = np.asarray(a, np.float32)
     lo, hi = float(a.min()), float(a.max())

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import time
 
@@ -75,6 +76,21 @@ class PneumoniaFreezeConfig(TrainConfig):
 
         if self.classes not in ("3class", "pneumonia"):
             raise CXRConfigError(f"--classes must be 3class or pneumonia; got {self.classes!r}")
+
+
+def _classes_tag(class_names) -> str:
+    """The export name's class part: the Kermany preset the classes are, else the class names.
+
+    ``--classes`` only selects Kermany's labelling; a folder or manifest has its own classes,
+    and a 2-class folder model named "3class" would mislead whoever serves it.
+    """
+    from cxr_tf.datasets.sources import KERMANY_3CLASS, KERMANY_PNEUMONIA
+
+    lower = [str(c).lower() for c in class_names]
+    for tag, names in (("3class", KERMANY_3CLASS), ("pneumonia", KERMANY_PNEUMONIA)):
+        if lower == names:
+            return tag
+    return "-".join(re.sub(r"[^a-z0-9]+", "", c) or "x" for c in lower)
 
 
 def parse(argv=None) -> PneumoniaFreezeConfig:
@@ -148,7 +164,7 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
 
     export = None
     if cfg.export:
-        name = cfg.export_name or f"pneumonia_{cfg.classes}_{cfg.backbone}"
+        name = cfg.export_name or f"pneumonia_{_classes_tag(ds.class_names)}_{cfg.backbone}"
         export = common.export_and_verify(cfg, model, test_ds, name, cfg.saved_models_dir,
                                           extra_metadata={"threshold": threshold, "run_dir": str(run_dir)})
         common.log(f"exported {export['path']} (max |served - offline| = {export['max_abs_diff_vs_keras']})")

@@ -1,11 +1,19 @@
 """Finding the Keras model behind an export, and images for explanation.
 
 CAMs need gradients through the Keras layers, which a SavedModel for TF Serving does
-not expose. So an export made by cxr_tf's COVID experiments stores the Keras model
-beside the serving graph, in ``<export>/assets.extra/cxr_tf_model.keras`` (TF Serving
-ignores ``assets.extra``; :func:`attach_keras_model` writes it). For other exports the
-metadata's ``run_dir`` leads to the run's ``model.json`` (the classifier's config) and
-``checkpoints/best.weights.h5``, from which the model is rebuilt.
+not expose. An export holds what rebuilds them, whatever experiment wrote it and from
+any working directory: in order of preference
+
+1. ``<export>/assets.extra/cxr_tf_model.keras`` (TF Serving ignores ``assets.extra``;
+   :func:`attach_keras_model` writes it; older COVID exports have one);
+2. the Keras config stored in the export's metadata, rebuilt on the exported variables
+   (:meth:`cxr_tf.export.ExportedModel.keras_model`; every export since it was added);
+3. for older exports, the metadata's ``run_dir`` with ``model.json`` and
+   ``checkpoints/best.weights.h5``, when that folder still exists.
+
+The project's Keras classes are registered by importing :mod:`cxr_tf.models`, which
+:func:`load_keras_model` does first: a bare ``keras.models.load_model`` in a process
+that never imported them cannot locate ``CXRClassifier``.
 """
 from __future__ import annotations
 
@@ -32,18 +40,26 @@ def load_keras_model(path: str | os.PathLike):
     """A Keras model from a ``.keras`` file or a cxr_tf export directory (see module docstring)."""
     import keras
 
+    import cxr_tf.layers  # noqa: F401  (registers BackboneInput & co. for deserialisation)
+    import cxr_tf.models  # noqa: F401  (registers CXRClassifier and the backbones' layers)
+
     path = Path(path)
     if path.is_file() and path.suffix == ".keras":
-        return keras.models.load_model(path, compile=False)
+        return _load_keras_file(path)
     if not path.is_dir():
         raise CXRModelError(f"{path}: no such model (give saved_models/<name>/<version> or a .keras file)")
     attached = path / "assets.extra" / KERAS_MODEL_FILE
     if attached.is_file():
-        return keras.models.load_model(attached, compile=False)
+        return _load_keras_file(attached)
     meta_file = path / "assets.extra" / "cxr_tf_metadata.json"
     run_dir = None
     if meta_file.is_file():
-        run_dir = json.loads(meta_file.read_text()).get("metadata", {}).get("run_dir")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("keras_model"):
+            from cxr_tf.export import load_exported
+
+            return load_exported(path).keras_model()
+        run_dir = meta.get("metadata", {}).get("run_dir")
     if run_dir and (Path(run_dir) / "model.json").is_file() and (Path(run_dir) / "checkpoints" / "best.weights.h5").is_file():
         from cxr_tf.models import CXRClassifier
 
@@ -56,6 +72,25 @@ def load_keras_model(path: str | os.PathLike):
         "nor a metadata run_dir with model.json and checkpoints/best.weights.h5. Pass the .keras file instead, "
         "or re-export with cxr_tf.explain.attach_keras_model."
     )
+
+
+def export_threshold(path: str | os.PathLike) -> float | None:
+    """The binary operating point of a cxr_tf export (top level, or nested in older exports); None if none."""
+    meta_file = Path(path) / "assets.extra" / "cxr_tf_metadata.json"
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
+    t = meta.get("threshold", (meta.get("metadata") or {}).get("threshold"))
+    return None if t is None else float(t)
+
+
+def _load_keras_file(path: Path):
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (TypeError, ValueError) as e:  # e.g. a class no imported module registers
+        raise CXRModelError(f"{path}: cannot rebuild the Keras model: {str(e).splitlines()[0]}") from e
 
 
 def load_images(paths, image_size: int, cache_dir=None) -> np.ndarray:

@@ -3,6 +3,8 @@
 from cxr_tf.export.savedmodel import (
     ExportedModel,
     ExportResult,
+    decision_rule,
+    describe_export,
     docker_command,
     export_for_serving,
     inspect_with_cli,
@@ -25,6 +27,8 @@ __all__ = [
     "load_runner",
     "preprocess_images",
     "register_source_resolver",
+    "decision_rule",
+    "describe_export",
     "docker_command",
     "export_for_serving",
     "inspect_with_cli",

@@ -12,6 +12,13 @@ doubling the artefact; a module that merely holds the Keras model stores each on
 Preprocessing runs inside the graph through :func:`cxr_tf.data.preprocess.prepare_image`
 and :func:`~cxr_tf.data.preprocess.prepare_float_batch`, the same functions used in
 training and evaluation, so a served prediction equals the offline one.
+
+The served ``decision`` / ``class_index`` apply the exported operating point, the same
+rule as the run's report and ``cxr-tf evaluate`` (:func:`decision_rule`): a TF Serving
+client gets the decision the metrics describe, with the raw ``probabilities`` alongside.
+The metadata also stores the Keras config of the model (``keras_model``), so
+:meth:`ExportedModel.keras_model` rebuilds the Keras model on the exported variables
+(for CAMs) from any working directory, with no file outside the export.
 """
 from __future__ import annotations
 
@@ -93,13 +100,16 @@ class _ServingModule(tf.Module):
     Python attributes) so that ``tf.saved_model.load(path)`` alone can tell the classes.
     """
 
-    def __init__(self, model, class_names, image_size, multilabel, metadata_json):
+    def __init__(self, model, class_names, image_size, multilabel, metadata_json, thresholds=None):
         super().__init__(name="cxr_tf_serving")
         # A plain-object reference: invisible to tracking (see the class docstring).
         object.__setattr__(self, "_keras_model", model)
         self.model_variables = [_tf_variable(v) for v in model.variables]
         self._image_size = int(image_size)
         self._multilabel = bool(multilabel)
+        # Operating point as constants of the graph (None: argmax, or 0.5 per label).
+        self._thresholds = None if thresholds is None else np.asarray(thresholds, np.float32)
+        self._class_names = list(class_names)
         self.class_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False,
                                        name="class_names")
         self.image_size = tf.Variable(self._image_size, dtype=tf.int32, trainable=False,
@@ -122,8 +132,13 @@ class _ServingModule(tf.Module):
     def _outputs(self, images):
         probs = tf.cast(self._keras_model(images, training=False), tf.float32)
         out = {"probabilities": probs}
-        if not self._multilabel:  # argmax is meaningless when classes are independent
-            out["class_index"] = tf.argmax(probs, axis=-1, output_type=tf.int64)
+        if self._multilabel:  # independent labels: one yes/no per label, no single class
+            t = 0.5 if self._thresholds is None else tf.constant(self._thresholds)
+            out["decision"] = tf.cast(probs >= t, tf.int64)
+            return out
+        index = _decide(probs, self._thresholds)
+        out["class_index"] = index
+        out["decision"] = tf.gather(tf.constant(self._class_names), index)
         return out
 
     def _serve_bytes(self, image_bytes):
@@ -143,6 +158,94 @@ class _ServingModule(tf.Module):
         with tf.control_dependencies(checks):
             images = tf.identity(images)
         return self._outputs(prepare_float_batch(images, self._image_size))
+
+
+# --------------------------------------------------------------------------- decision rule
+def _decide(probs, thresholds):
+    """The exported decision as TF ops (see :func:`decision_rule`)."""
+    if thresholds is None:
+        return tf.argmax(probs, axis=-1, output_type=tf.int64)
+    t = tf.constant(thresholds, tf.float32)
+    if t.shape.rank == 0:  # binary: P(class 1) >= threshold, exactly evaluate's rule
+        return tf.cast(probs[:, 1] >= t, tf.int64)
+    passed = probs >= t
+    # the most probable class among those over their threshold; argmax when none is
+    masked = tf.where(passed, probs, tf.fill(tf.shape(probs), -1.0))
+    return tf.where(tf.reduce_any(passed, axis=-1), tf.argmax(masked, axis=-1, output_type=tf.int64),
+                    tf.argmax(probs, axis=-1, output_type=tf.int64))
+
+
+def decision_rule(probs, threshold=None, class_thresholds=None) -> np.ndarray:
+    """Class indices by the exported operating point, as the served graph decides.
+
+    Binary with ``threshold``: class 1 when ``P(class 1) >= threshold`` (the rule of
+    :func:`cxr_tf.evaluation.classification_metrics`). Multi-class with
+    ``class_thresholds`` (one per class): the most probable class among those at or
+    above their threshold, argmax when none is. Otherwise argmax.
+    """
+    probs = np.asarray(probs, np.float32)
+    t = _thresholds_for(probs.shape[1], threshold, class_thresholds)
+    return _decide(tf.constant(probs), t).numpy()
+
+
+def _thresholds_for(n_classes, threshold, class_thresholds, multilabel=False):
+    """The operating point as the graph stores it: a scalar (binary), a vector, or None."""
+    if class_thresholds is not None:
+        ct = np.asarray(class_thresholds, np.float32)
+        if ct.shape != (n_classes,):
+            raise CXRConfigError(f"class_thresholds needs one value per class ({n_classes}); got {list(ct)}")
+        return ct
+    if threshold is None:
+        return None
+    if multilabel:
+        return np.full(n_classes, float(threshold), np.float32)
+    if n_classes != 2:
+        raise CXRConfigError(f"threshold applies to binary models; this one has {n_classes} classes "
+                             "(give class_thresholds, one per class)")
+    return np.float32(threshold)
+
+
+_MACHINE_PATH_KEYS = ("data_dir", "weights", "run_dir", "runs_dir", "cache_dir", "saved_models_dir", "splits",
+                      "trunk", "init", "path")
+
+
+def _portable(value, key: str = ""):
+    """``value`` without the exporting machine's absolute paths (metadata travels with the model).
+
+    An absolute path becomes ``$CXR_DATA_DIR/<rest>`` when under the data folder, else its
+    last component; relative paths under keys naming files are kept as their last component
+    too, since they are relative to a working directory the model never sees again.
+    """
+    if isinstance(value, dict):
+        return {k: _portable(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v, key) for v in value]
+    if not isinstance(value, str) or not value:
+        return value
+    data_root = os.environ.get("CXR_DATA_DIR")
+    if os.path.isabs(value):
+        if data_root:
+            rel = os.path.relpath(os.path.abspath(value), os.path.abspath(data_root))
+            if rel == ".":
+                return "$CXR_DATA_DIR"
+            if not rel.startswith(".."):
+                return "$CXR_DATA_DIR/" + rel
+        return Path(value).name
+    if key in _MACHINE_PATH_KEYS and ("/" in value or os.sep in value):
+        return Path(value).name
+    return value
+
+
+def _keras_config(model) -> dict | None:
+    """The model's Keras serialisation (architecture only), or None if it has none."""
+    import keras
+
+    try:
+        cfg = keras.saving.serialize_keras_object(model)
+        json.dumps(cfg)
+        return cfg
+    except Exception:  # a model without get_config: exports still serve, explain needs a .keras
+        return None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -178,6 +281,13 @@ def _gradient_png(size: int = 64) -> bytes:
     return tf.io.encode_png(img).numpy()
 
 
+def _outputs_doc(multilabel: bool) -> dict:
+    if multilabel:
+        return {"probabilities": "float32 [N, C]", "decision": "int64 [N, C] (1: label present at its threshold)"}
+    return {"probabilities": "float32 [N, C]", "class_index": "int64 [N] (by the operating point)",
+            "decision": "string [N] (class name by the operating point)"}
+
+
 def _check_model(model, image_size: int, class_names: Sequence[str]):
     if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 1:
         raise CXRConfigError(f"image_size must be a positive int; got {image_size!r}")
@@ -208,6 +318,8 @@ def export_for_serving(
     metadata: dict | None = None,
     warmup_images: Sequence[bytes] | None = None,
     multilabel: bool = False,
+    threshold: float | None = None,
+    class_thresholds: Sequence[float] | None = None,
     overwrite: bool = False,
     max_size_ratio: float | None = MAX_SIZE_RATIO,
 ) -> ExportResult:
@@ -216,7 +328,9 @@ def export_for_serving(
     Signatures: ``serving_default`` takes ``image_bytes`` (string ``[N]``, encoded
     PNG/JPEG/BMP/GIF); ``predict_images`` takes ``images`` (float32 ``[N, H, W, C]``
     of any size, range and channel count). Both return ``probabilities`` (float32
-    ``[N, C]``) and, unless ``multilabel``, ``class_index`` (int64 ``[N]``).
+    ``[N, C]``) and ``decision``: unless ``multilabel``, the class name (string ``[N]``)
+    by the operating point (:func:`decision_rule`) with its ``class_index`` (int64
+    ``[N]``); for ``multilabel``, int64 ``[N, C]`` yes/no per label.
 
     Args:
         model: a Keras functional classifier, ``(N, S, S, 1)`` in [0, 1] -> ``(N, C)``.
@@ -229,7 +343,11 @@ def export_for_serving(
         warmup_images: encoded images replayed by TF Serving at load time; default
             one synthetic gradient PNG. They are run once here, because a warm-up
             request that fails makes TF Serving refuse to load the model.
-        multilabel: sigmoid outputs; then only ``probabilities`` is returned.
+        multilabel: sigmoid outputs; ``decision`` is then one 0/1 per label.
+        threshold: the operating point chosen on validation data: binary, class 1 when
+            ``P(class 1) >= threshold``; multilabel, the same threshold for every label.
+            Default: ``metadata["threshold"]`` if given (older callers), else none (argmax).
+        class_thresholds: one threshold per class / label (overrides ``threshold``).
         overwrite: replace an existing version folder instead of refusing.
         max_size_ratio: refuse (CXRModelError) when ``variables/`` exceeds this
             multiple of the ``.weights.h5`` size (weights of 256 KiB and more);
@@ -251,6 +369,19 @@ def export_for_serving(
         raise CXRConfigError(f"class_names must be non-empty and unique; got {class_names}")
     _check_model(model, image_size, class_names)
     image_size = int(image_size)
+    metadata = dict(metadata or {})
+    if threshold is None and class_thresholds is None and metadata.get("threshold") is not None:
+        threshold = metadata.pop("threshold")
+    thresholds = _thresholds_for(len(class_names), threshold, class_thresholds, multilabel)
+    threshold = None if threshold is None else float(threshold)
+    if multilabel:
+        rule = "P(label) >= " + ("0.5" if thresholds is None else "per-label threshold")
+    elif thresholds is None:
+        rule = "argmax"
+    elif np.ndim(thresholds) == 0:
+        rule = f"P({class_names[1]}) >= {threshold:g}"
+    else:
+        rule = "most probable class at or above its threshold, else argmax"
 
     model_dir = Path(base_dir) / name
     if version is None:
@@ -270,15 +401,20 @@ def export_for_serving(
         "image_size": image_size,
         "channels": CHANNELS,
         "multilabel": bool(multilabel),
+        # The operating point at the top level: what the served decision applies.
+        "threshold": threshold,
+        "class_thresholds": None if class_thresholds is None else [float(v) for v in class_thresholds],
+        "decision_rule": rule,
         "version": version,
+        "keras_model": _keras_config(model),
         "signatures": {
-            SERVING_SIGNATURE: {"inputs": {BYTES_INPUT: "string [N]"}},
-            IMAGES_SIGNATURE: {"inputs": {IMAGES_INPUT: "float32 [N, H, W, C]"}},
+            SERVING_SIGNATURE: {"inputs": {BYTES_INPUT: "string [N]"}, "outputs": _outputs_doc(multilabel)},
+            IMAGES_SIGNATURE: {"inputs": {IMAGES_INPUT: "float32 [N, H, W, C]"}, "outputs": _outputs_doc(multilabel)},
         },
         "cxr_tf_version": _cxr_tf_version(),
         "tensorflow_version": tf.__version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "metadata": dict(metadata or {}),
+        "metadata": _portable(metadata),
     }
     try:
         info_json = json.dumps(info, sort_keys=True)
@@ -289,7 +425,7 @@ def export_for_serving(
     if not all(isinstance(b, (bytes, bytearray)) for b in warmup):
         raise CXRConfigError("warmup_images must be a list of encoded image bytes")
 
-    module = _ServingModule(model, class_names, image_size, multilabel, info_json)
+    module = _ServingModule(model, class_names, image_size, multilabel, info_json, thresholds)
     for i, b in enumerate(warmup):
         try:
             module.serve_bytes(tf.constant([bytes(b)]))
@@ -351,6 +487,7 @@ class ExportedModel:
 
     Attributes:
         class_names, image_size, multilabel, metadata (the full metadata dict),
+        threshold (binary operating point or None), class_thresholds,
         signatures (the loaded concrete signature functions), module (the raw object).
     """
 
@@ -368,6 +505,59 @@ class ExportedModel:
         self.image_size = int(self.module.image_size.numpy())
         self.multilabel = bool(self.module.multilabel.numpy())
         self.signatures = self.module.signatures
+        # Older exports kept the threshold nested under "metadata" and served argmax.
+        nested = self.metadata.get("metadata") or {}
+        self.threshold = self.metadata.get("threshold", nested.get("threshold"))
+        self.class_thresholds = self.metadata.get("class_thresholds")
+        self.serves_decision = "decision_rule" in self.metadata
+
+    def decide(self, probabilities) -> np.ndarray:
+        """Class indices by this export's operating point (what its ``class_index`` serves)."""
+        return decision_rule(probabilities, self.threshold if len(self.class_names) == 2 else None,
+                             self.class_thresholds)
+
+    def serve_bytes(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """All outputs of ``serving_default`` (probabilities, class_index, decision) for encoded images."""
+        fn = self.signatures[SERVING_SIGNATURE]
+        out = fn(**{BYTES_INPUT: tf.constant([bytes(b) for b in images], tf.string)})
+        return {k: v.numpy() for k, v in out.items()}
+
+    def serve_images(self, images) -> dict[str, np.ndarray]:
+        """All outputs of ``predict_images`` for a float batch ``(N, H, W, C)``."""
+        arr = np.asarray(images, dtype=np.float32)
+        if arr.ndim != 4:
+            raise CXRInputError(None, f"expected a batch of images (N, H, W, C); got shape {arr.shape}")
+        return {k: v.numpy() for k, v in self.signatures[IMAGES_SIGNATURE](**{IMAGES_INPUT: tf.constant(arr)}).items()}
+
+    def keras_model(self):
+        """The Keras model rebuilt from the stored config on the exported variables.
+
+        Needs no file outside the export and no working directory (the weights are the
+        SavedModel's own variables, in ``model.variables`` order).
+
+        Raises:
+            CXRModelError: an export without a stored config (older exports).
+        """
+        import keras
+
+        import cxr_tf.layers  # noqa: F401  (registers the project's serialisable classes)
+        import cxr_tf.models  # noqa: F401
+
+        cfg = self.metadata.get("keras_model")
+        if not cfg:
+            raise CXRModelError(f"{self.path}: this export stores no Keras config (exported before cxr_tf "
+                                "stored one); re-export it, or pass a .keras file")
+        model = keras.saving.deserialize_keras_object(cfg)
+        src = list(self.module.model_variables)
+        if len(src) != len(model.variables):
+            raise CXRModelError(f"{self.path}: {len(src)} exported variables for a model with "
+                                f"{len(model.variables)}")
+        for v, s in zip(model.variables, src):
+            if tuple(v.shape) != tuple(s.shape):
+                raise CXRModelError(f"{self.path}: variable {v.path} has shape {tuple(v.shape)}, "
+                                    f"exported {tuple(s.shape)}")
+            v.assign(s.numpy())
+        return model
 
     def predict_bytes(self, images: Sequence[bytes], batch_size: int = 32) -> np.ndarray:
         """Probabilities for encoded images through ``serving_default``.
@@ -453,6 +643,38 @@ def inspect_with_cli(path: str | os.PathLike, timeout: float = 120) -> str:
         timeout: seconds before giving up.
     """
     return _run_cli(["show", "--dir", str(path), "--all"], timeout)
+
+
+def describe_export(path: str | os.PathLike) -> str:
+    """A readable summary of an export: classes, image size, operating point, signatures.
+
+    ``cxr-tf inspect`` prints it (``--raw`` prints :func:`inspect_with_cli` instead).
+    """
+    m = load_exported(path)
+    meta = m.metadata
+    lines = [f"export:      {m.path}",
+             f"model:       {meta.get('model_name', m.path.parent.name)} v{meta.get('version', m.path.name)}"
+             + (f" ({meta['metadata']['experiment']})" if (meta.get("metadata") or {}).get("experiment") else ""),
+             f"classes:     {', '.join(m.class_names)}" + ("  (multi-label)" if m.multilabel else ""),
+             f"image size:  {m.image_size} x {m.image_size}, {meta.get('channels', CHANNELS)} channel(s)",
+             f"threshold:   {m.threshold if m.threshold is not None else 'none'}",
+             f"decision:    {meta.get('decision_rule') or 'argmax (older export: serves no decision output)'}"]
+    if m.class_thresholds:
+        lines.append("class thresholds: " + ", ".join(f"{c} {t:g}" for c, t in zip(m.class_names, m.class_thresholds)))
+    lines.append("signatures:")
+    for name, fn in sorted(m.signatures.items()):
+        ins, outs = (", ".join(f"{k} {v.dtype.name} {_shape(v.shape)}" for k, v in sorted(specs.items()))
+                     for specs in (fn.structured_input_signature[1], fn.structured_outputs))
+        lines.append(f"  {name}: ({ins}) -> ({outs})")
+    if meta.get("created_utc"):
+        lines.append(f"created:     {meta['created_utc']} with cxr_tf {meta.get('cxr_tf_version', '?')}, "
+                     f"TensorFlow {meta.get('tensorflow_version', '?')}")
+    return "\n".join(lines)
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join("N" if i == 0 and d is None else ("?" if d is None else str(d))
+                           for i, d in enumerate(shape.as_list())) + "]"
 
 
 def bytes_literal(data: bytes) -> str:
@@ -544,10 +766,11 @@ def serving_readme(base_dir: str | os.PathLike, name: str, *, multilabel: bool =
     Args:
         base_dir: host folder holding the model folders.
         name: the model name.
-        multilabel: whether the export has no ``class_index`` output.
+        multilabel: whether the export's decision is per label (no ``class_index``).
         rest_port, grpc_port: host ports.
     """
-    outputs = "probabilities" if multilabel else "probabilities, class_index"
+    outputs = ("probabilities, decision (0/1 per label)" if multilabel else
+               "probabilities, decision (class name by the exported threshold), class_index")
     return f"""# Serving `{name}` with TF Serving
 
 ```bash

@@ -182,7 +182,10 @@ class CXRClassifier(keras.Model):
             "head": self.head,
             "dropout": self.dropout,
             "freeze_until": self.freeze_until,
-            "weights": self.weights_source,
+            # Architecture only: a saved model carries its weights, so its config must not
+            # name the file they came from (a path relative to some other working directory).
+            # The source stays readable as ``weights_source``.
+            "weights": None,
             "multilabel": self.multilabel,
             "class_names": self.class_names,
             "bn_momentum": self.bn_momentum,

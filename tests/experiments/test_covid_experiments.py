@@ -102,7 +102,9 @@ def test_compare_smoke_on_real_data(tmp_path, data_dir):
     mix = pd.read_csv(run / "source_mix.csv")
     assert set(mix["source"]) == {"covid_ieee8023", "covid19_radiography", "kermany224"}
     cam = pd.read_csv(run / "cam_border.csv")
-    assert list(cam["layer"]) == ["block3_relu", "fire9_concat"] and cam["border_share_mean"].between(0, 1).all()
+    # at 64 px SqueezeNet's fire9 map is 3x3: the CAM layer chosen is the deepest with a >= 7x7 map
+    assert list(cam["layer"]) == ["block3_relu", "fire5_concat"] and cam["border_share_mean"].between(0, 1).all()
+    assert cam["resolves_border"].all()
     assert (run / "squeezenet" / "model.keras").is_file()
     ws = pd.read_csv(run / "within_source.csv")
     assert set(ws["model"]) == {"tiny_cnn", "squeezenet"}
@@ -127,7 +129,8 @@ def test_deep_covid_smoke_and_explain_cli_on_its_export(tmp_path, data_dir, writ
     sw = pd.read_csv(run / "tiny_cnn" / "threshold_sweep.csv")
     assert {"sensitivity_normal_lo", "sensitivity_wilson_lo", "specificity_normal_hi"} <= set(sw.columns)
     export = m["exports"]["tiny_cnn"]["export"]
-    assert Path(export, "assets.extra", "cxr_tf_model.keras").is_file()
+    meta = json.loads(Path(export, "assets.extra", "cxr_tf_metadata.json").read_text())
+    assert meta["keras_model"] and meta["threshold"] is not None  # explain rebuilds the model from the export
     png = next((data_dir / "covid19_radiography" / "COVID").iterdir())
     dcm = tmp_path / "covid_scan.dcm"  # always a DICOM input: generated, not an optional data file
     from PIL import Image

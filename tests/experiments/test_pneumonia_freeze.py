@@ -47,6 +47,11 @@ def test_smoke_run_folder_tensorboard_and_export(tmp_path, capsys):
     assert Path(m["export"]["path"]).joinpath("saved_model.pb").is_file()
     assert "name: 'pneumonia_3class_tiny_cnn'" in Path(m["export"]["models_config"]).read_text()
     assert Path(m["export"]["path"], "assets.extra", "tf_serving_warmup_requests").is_file()
+    meta_text = Path(m["export"]["path"], "assets.extra", "cxr_tf_metadata.json").read_text()
+    meta = json.loads(meta_text)
+    assert meta["class_names"] == ["bacterial", "viral", "normal"] and meta["image_size"] == cfg["image_size"]
+    assert meta["decision_rule"] == "argmax" and meta["threshold"] is None and meta["keras_model"]
+    assert str(tmp_path) not in meta_text  # no path of the exporting machine travels with the model
     tags = _tags(run / "tensorboard")
     for tag in ("train/epoch_loss", "train/epoch_accuracy", "train/epoch_auc", "train/epoch_learning_rate",
                 "validation/epoch_auc", "train/sample_inputs", "validation/confusion_matrix", "test/confusion_matrix"):
@@ -79,6 +84,22 @@ def test_learns_on_real_kermany_and_export_matches(tmp_path, kermany_subset):
     assert ev["n"] == m["n"]
     assert abs(ev["macro_auc"]["value"] - m["macro_auc"]["value"]) < 1e-6
     assert ev["confusion_matrix"] == m["confusion_matrix"]
+
+
+@pytest.mark.slow
+def test_two_class_folder_export_describes_its_own_classes(tmp_path, kermany_subset):
+    """A folder-per-class model exports its folder names, its threshold at the top level, and no "3class"."""
+    data = kermany_subset(16, 8, 8)
+    run = _run(tmp_path, "--data-dir", str(data / "train"), "--format", "folder", "--smoke", "--backbone", "tiny_cnn",
+               "--freeze-until", "0", "--epochs", "1")
+    m = json.loads((run / "metrics.json").read_text())
+    meta = json.loads(Path(m["export"]["path"], "assets.extra", "cxr_tf_metadata.json").read_text())
+    assert meta["class_names"] == m["class_names"] and len(meta["class_names"]) == 2
+    assert Path(m["export"]["path"]).parent.name == "pneumonia_pneumonia_tiny_cnn"  # NORMAL/PNEUMONIA folders
+    assert meta["metadata"]["config"]["classes"] == meta["class_names"] and "3class" not in json.dumps(meta)
+    assert meta["threshold"] == pytest.approx(m["threshold"])
+    assert meta["decision_rule"] == m["decision_rule"]  # the served rule is the report's
+    assert str(tmp_path) not in json.dumps(meta)
 
 
 @pytest.mark.slow

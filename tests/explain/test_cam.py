@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cxr_tf.errors import CXRModelError
-from cxr_tf.explain import (Explainer, attach_keras_model, border_mass, load_keras_model, target_layer,
-                            uniform_border_share)
+from cxr_tf.explain import (MIN_GRID, Explainer, attach_keras_model, border_mass, choose_target_layer, layer_grid,
+                            load_keras_model, map_warnings, target_layer, uniform_border_share)
 from cxr_tf.models import build_model
 
 S = 32
@@ -102,20 +102,57 @@ def test_zoo_cam_list_covers_the_small_registered_families():
 
 
 @pytest.mark.parametrize("name,size,grid", ZOO_CAM)
-def test_auto_layer_is_the_registered_cam_layer(name, size, grid):
+def test_auto_layer_is_the_registered_cam_layer_when_its_map_is_large_enough(name, size, grid):
     from cxr_tf.models import get_backbone
 
     m = build_model(name, num_classes=3, image_size=size, head="gap", freeze_until=0)
     registered = get_backbone(name).cam_layer
-    assert m.cam_layer == registered
-    assert target_layer(m) == registered
+    assert m.cam_layer == registered and target_layer(m) == registered
     # a 4D map (for ViTs: the tokens reshaped to their grid) on the expected grid
     assert tuple(m.get_layer(registered).output.shape[1:3]) == (grid, grid)
     ex = Explainer(m, "gradcam")
-    assert ex.layer == registered
+    if grid >= MIN_GRID:
+        assert ex.layer == registered
+    else:  # too coarse at this size: the deepest stage output with a >= 7x7 map instead
+        assert ex.layer != registered and min(ex.grid) >= MIN_GRID, (ex.layer, ex.grid)
+        assert registered in ex.layer_reason and f"{grid}x{grid}" in ex.layer_reason
     cams = ex(np.random.default_rng(0).random((2, size, size, 1)).astype("float32"))
     assert cams.shape == (2, size, size) and np.isfinite(cams).all()
     assert cams.min() >= 0 and cams.max() <= 1
+
+
+@pytest.mark.parametrize("size,expected,grid", [(64, "conv3_block4_out", 8), (128, "conv4_block6_out", 8),
+                                                (224, "conv5_block3_out", 7)])
+def test_resnet50_layer_choice_by_input_size(size, expected, grid):
+    """The issue's case: conv5 is 2x2 at 64 px (all-zero Grad-CAM); the choice keeps >= 7x7 maps."""
+    m = build_model("resnet50", num_classes=2, image_size=size, head="gap", freeze_until=0)
+    layer, reason = choose_target_layer(m)
+    assert layer == expected and layer_grid(m, layer) == (grid, grid)
+    assert reason.startswith(f"CAM layer {expected} ({grid}x{grid} at {size} px")
+    # an explicit layer is kept, even a coarse one
+    assert Explainer(m, "gradcam", layer="conv5_block3_out").layer == "conv5_block3_out"
+
+
+def test_tiny_input_picks_the_largest_map_and_says_so():
+    m = build_model("resnet18", num_classes=2, image_size=32, head="gap", freeze_until=0)
+    layer, reason = choose_target_layer(m)
+    assert (layer, layer_grid(m, layer)) == ("conv2_block2_out", (8, 8)) and "would give 1x1" in reason
+    m16 = build_model("resnet18", num_classes=2, image_size=8, head="gap", freeze_until=0)
+    layer, reason = choose_target_layer(m16)
+    assert "the largest this model has" in reason and min(layer_grid(m16, layer)) < MIN_GRID
+
+
+def test_map_warnings():
+    rng = np.random.default_rng(0)
+    good = rng.random((2, 16, 16)).astype("float32")
+    assert map_warnings(good) == []
+    zero = np.zeros((16, 16), "float32")
+    flat = np.full((16, 16), 0.5, "float32")
+    w = map_warnings(np.stack([good[0], zero, flat]), ["a.png", "b.dcm", "c.png"])
+    assert any(m.startswith("b.dcm: the map is all zero") for m in w)
+    assert any(m.startswith("c.png: the map is nearly constant") for m in w)
+    same = map_warnings(np.stack([good[0], good[0] + 0.001, good[0]]))
+    assert len(same) == 1 and "identical" in same[0]
 
 
 def test_auto_layer_prefers_the_registered_layer_over_the_last_4d_one():
@@ -163,9 +200,10 @@ def test_explain_cli_on_export_dir_and_files(tmp_path, trained):
     out = tmp_path / "out"
     assert cli(["explain", "--model", str(export), *files, "--out", str(out), "--method", "gradcam++"]) == 0
     for i in (0, 1):
-        for kind in ("image", "heatmap", "overlay"):
+        for kind in ("heatmap", "overlay"):  # at the file's own resolution
             im = np.asarray(Image.open(out / f"img{i}_gradcampp_{kind}.png"))
-            assert im.shape == (S, S, 3)
+            assert im.shape[:2] == (S, S)
+        assert (out / f"img{i}_gradcampp_panel.png").is_file()
     import pandas as pd
 
     t = pd.read_csv(out / "explanations.csv")
@@ -199,8 +237,8 @@ def test_explain_cli_on_a_dicom(tmp_path, trained, write_dicom):
     overlay = out / "scan_gradcam_overlay.png"
     assert overlay.is_file()
     im = np.asarray(Image.open(overlay))
-    assert im.shape == (S, S, 3) and im.std() > 0
-    for kind in ("image", "heatmap", "overlay"):
+    assert im.shape[:2] == (S, S) and im.std() > 0
+    for kind in ("heatmap", "overlay"):
         a = np.asarray(Image.open(out / f"scan_gradcam_{kind}.png"), float)
         b = np.asarray(Image.open(out / f"ref_gradcam_{kind}.png"), float)
         assert np.abs(a - b).max() <= 1, kind  # the DICOM decodes to the PNG's image
@@ -208,3 +246,55 @@ def test_explain_cli_on_a_dicom(tmp_path, trained, write_dicom):
     assert list(t["file"]) == [str(png), str(dcm)]
     np.testing.assert_allclose(t.loc[1, ["p_background", "p_top_left"]].astype(float),
                                t.loc[0, ["p_background", "p_top_left"]].astype(float), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_explain_real_dicom_and_jpeg_at_original_resolution(data_dir, tmp_path, capsys):
+    """The issue's setting: a ResNet at 64 px explains a real DICOM and a Kermany JPEG on a >= 7x7 map,
+    and writes overlays at each file's own resolution, with the layer choice printed."""
+    from PIL import Image
+
+    from cxr_tf.cli import main as cli
+    from cxr_tf.io import read_image
+
+    dcm = data_dir / "dicom" / "CR-MONO1-10-chest.dcm"
+    jpg = next((data_dir / "kermany224" / "train" / "PNEUMONIA").iterdir())
+    if not dcm.is_file():
+        pytest.skip("CR-MONO1-10-chest.dcm not present")
+    m = build_model("resnet18", num_classes=2, image_size=64, head="gap", freeze_until=0,
+                    class_names=["normal", "pneumonia"])
+    model = tmp_path / "m.keras"
+    m.save(model)
+    out = tmp_path / "out"
+    assert cli(["explain", "--model", str(model), str(dcm), str(jpg), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "CAM layer conv3_block2_out (8x8 at 64 px; the registered conv5_block2_out would give 2x2" in printed
+    for f in (dcm, jpg):
+        h, w = read_image(f).shape
+        assert np.asarray(Image.open(out / f"{f.stem}_gradcam_overlay.png")).shape[:2] == (h, w)
+        assert np.asarray(Image.open(out / f"{f.stem}_gradcam_heatmap.png")).shape[:2] == (h, w)
+        assert (out / f"{f.stem}_gradcam_panel.png").stat().st_size > 10_000
+
+
+def test_explain_predicts_by_the_exports_threshold(tmp_path, trained):
+    """A binary export's predicted (and explained) class is its served decision, not argmax."""
+    import pandas as pd
+    from PIL import Image
+
+    from cxr_tf.cli import main as cli
+    from cxr_tf.export import export_for_serving, load_exported
+
+    m, x, _, _ = trained
+    files = []
+    for i in range(4):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray((x[i, ..., 0] * 255).astype("uint8")).save(p)
+        files.append(str(p))
+    export = export_for_serving(m, tmp_path / "sm", "blobs", class_names=m.class_names, image_size=S,
+                                threshold=0.999999).path
+    out = tmp_path / "out"
+    assert cli(["explain", "--model", str(export), *files, "--out", str(out)]) == 0
+    t = pd.read_csv(out / "explanations.csv")
+    served = load_exported(export).serve_bytes([open(f, "rb").read() for f in files])["decision"].astype(str)
+    assert list(t["predicted"]) == list(served) == list(t["explained"])
+    assert (t["p_top_left"] > 0.5).any() and (t["predicted"] == "background").all()  # argmax would differ

@@ -56,15 +56,19 @@ def test_no_overlays_is_an_error(tmp_path):
         log_overlays_to_tensorboard(tmp_path, np.zeros((0, 4, 4, 1)), np.zeros((0, 4, 4)))
 
 
-@pytest.mark.parametrize("size, grid, resolves", [(64, "2x2", False), (128, "4x4", True)])
-def test_border_report_says_when_the_cam_grid_is_too_coarse(size, grid, resolves):
-    """ResNet18 downsamples by 32: at 64 px its CAM is 2x2, every cell touches the border."""
+@pytest.mark.parametrize("size, layer, chosen, grid, resolves", [
+    (64, None, "conv3_block2_out", "8x8", True),  # the automatic choice keeps a >= 7x7 map
+    (128, None, "conv4_block2_out", "8x8", True),
+    (64, "conv5_block2_out", "conv5_block2_out", "2x2", False),  # a coarse layer, asked for explicitly
+])
+def test_border_report_says_when_the_cam_grid_is_too_coarse(size, layer, chosen, grid, resolves):
+    """ResNet18 downsamples by 32: at 64 px its last CAM is 2x2, every cell touches the border."""
     from cxr_tf.explain import border_report
     from cxr_tf.models import build_model
 
     model = build_model("resnet18", num_classes=2, image_size=size, head="gap", freeze_until=0, weights=None)
     x = np.random.default_rng(0).random((2, size, size, 1)).astype(np.float32)
-    summary, cams = border_report(model, x, method="gradcam")
-    assert summary["layer"] == "conv5_block2_out" and summary["cam_grid"] == grid
+    summary, cams = border_report(model, x, method="gradcam", layer=layer)
+    assert summary["layer"] == chosen and summary["cam_grid"] == grid
     assert summary["resolves_border"] is resolves
     assert cams.shape == (2, size, size)

@@ -238,7 +238,7 @@ def test_multilabel_export_and_default_warmup(tmp_path, images):
     loaded = load_exported(result.path)
     assert loaded.multilabel and loaded.metadata["multilabel"] is True
     for sig in ("serving_default", "predict_images"):
-        assert set(loaded.signatures[sig].structured_outputs) == {"probabilities"}
+        assert set(loaded.signatures[sig].structured_outputs) == {"probabilities", "decision"}
     ref, _ = _reference(ml, images)
     assert np.abs(loaded.predict_bytes(images) - ref).max() <= TOL
     (rec,) = read_warmup_file(result.path / "assets.extra" / "tf_serving_warmup_requests")
