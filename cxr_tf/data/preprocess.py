@@ -60,13 +60,28 @@ def resize_with_pad(img: tf.Tensor, image_size: int) -> tf.Tensor:
     # An image already at the target size is returned as it is: the antialiased
     # resampler would reproduce it (up to rounding) at about the cost of decoding it
     # (benchmarks/input_pipeline.py measured it on 224 px files).
-    out = tf.cond(
-        same,
-        lambda: img,
-        lambda: tf.image.resize_with_pad(img, image_size, image_size, method="bilinear", antialias=True),
-    )
+    out = tf.cond(same, lambda: img, lambda: _resize_and_pad(img, shape[-3], shape[-2], image_size))
     out.set_shape(img.shape[:-3].concatenate([image_size, image_size]).concatenate(img.shape[-1:]))
     return tf.clip_by_value(out, 0.0, 1.0)
+
+
+def resized_size(height, width, image_size: int):
+    """The aspect-kept size inside ``image_size``: the long side becomes ``image_size``,
+    the short one ``round(short * image_size / long)`` (at least 1).
+
+    Integer arithmetic on purpose: ``tf.image.resize_with_pad`` divides in float32, and
+    its floor of e.g. 224 / (224 / 48) came out 47 in a graph but 48 eagerly, so eager
+    callers and the tf.data / serving graph resized the same image differently.
+    """
+    m = tf.maximum(height, width)
+    return (tf.maximum(1, (2 * height * image_size + m) // (2 * m)),
+            tf.maximum(1, (2 * width * image_size + m) // (2 * m)))
+
+
+def _resize_and_pad(img: tf.Tensor, height, width, image_size: int) -> tf.Tensor:
+    nh, nw = resized_size(height, width, image_size)
+    out = tf.image.resize(img, tf.stack([nh, nw]), method="bilinear", antialias=True)
+    return tf.image.pad_to_bounding_box(out, (image_size - nh) // 2, (image_size - nw) // 2, image_size, image_size)
 
 
 def prepare_image(contents: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -216,18 +216,24 @@ def _from_savedmodel(path: Path) -> ModelSource:
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     inner = meta.get("metadata") or {}
     keras_file = path / "assets.extra" / "cxr_tf_model.keras"
+    # exports keep no machine path: run_dir is the run folder's name, found only from where
+    # the user runs the command (else pass --data-dir / --splits for the check images)
     run_dir = inner.get("run_dir")
+    run_dir = run_dir if run_dir and (Path(run_dir) / "model.json").is_file() else None
     data = None
-    if keras_file.is_file():
+    if meta.get("keras_model"):  # the model's config, rebuilt on the export's own variables
+        from cxr_tf.export.savedmodel import load_exported
+
+        model = load_exported(path).keras_model()
+    elif keras_file.is_file():  # older exports
         import keras
 
         model = keras.models.load_model(keras_file, compile=False)
-    elif run_dir and (Path(run_dir) / "model.json").is_file():
+    elif run_dir:
         model = _rebuild(Path(run_dir))
     else:
-        raise CXRModelError(f"{path}: the Keras model behind this SavedModel is unknown: it has neither "
-                            "assets.extra/cxr_tf_model.keras nor a metadata run_dir with model.json and "
-                            "checkpoints/best.weights.h5")
+        raise CXRModelError(f"{path}: the Keras model behind this SavedModel is unknown: it stores no Keras "
+                            "config, no assets.extra/cxr_tf_model.keras and no reachable run folder")
     class_names = meta.get("class_names") or list(getattr(model, "class_names", []) or [])
     if run_dir:
         data = _run_data(Path(run_dir), class_names)

@@ -75,12 +75,11 @@ def resize_with_pad(images: np.ndarray, image_size: int) -> np.ndarray:
     s = int(image_size)
     x = images.astype(np.float32, copy=False)
     if (h, w) != (s, s):
-        f32 = np.float32
-        ratio = max(f32(w) / f32(s), f32(h) / f32(s))
-        rh_f, rw_f = f32(h) / ratio, f32(w) / ratio
-        rh, rw = int(math.floor(rh_f)), int(math.floor(rw_f))
-        ph = max(0, int(math.floor((f32(s) - rh_f) / f32(2))))
-        pw = max(0, int(math.floor((f32(s) - rw_f) / f32(2))))
+        # integer arithmetic, as cxr_tf.data.preprocess.resized_size: long side -> s,
+        # short side -> round(short * s / long), centred
+        m = max(h, w)
+        rh, rw = max(1, (2 * h * s + m) // (2 * m)), max(1, (2 * w * s + m) // (2 * m))
+        ph, pw = (s - rh) // 2, (s - rw) // 2
         wy, wx = _triangle_weights(rh, h), _triangle_weights(rw, w)
         # columns first, then rows: the kernel's order (GatherColumns, then GatherRows)
         tmp = np.einsum("nhwc,ow->nhoc", x, wx, dtype=np.float32)

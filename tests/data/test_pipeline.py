@@ -102,3 +102,19 @@ def test_path_pipeline_real_jpegs(kermany_dir):
     assert x.shape == (10, 64, 64, 1) and x.min() >= 0 and x.max() <= 1
     # per-image scaling before the antialiased 224 -> 64 resize: every image spans most of [0, 1]
     assert (x.reshape(10, -1).max(1) > 0.75).all() and (x.reshape(10, -1).min(1) < 0.05).all()
+
+
+@pytest.mark.parametrize("h,w,s", [(224, 224, 48), (300, 217, 64), (217, 300, 48), (1000, 731, 224), (5, 300, 64)])
+def test_resize_is_the_same_eagerly_and_in_a_graph(h, w, s):
+    """tf.image.resize_with_pad floors a float32 ratio: 224 -> 48 gave 47 rows in a graph and
+    48 eagerly. Our integer size makes every caller (explain, predict, tf.data, serving) agree."""
+    import tensorflow as tf
+
+    from cxr_tf.data.preprocess import prepare_float_batch, resized_size
+
+    x = np.random.default_rng(0).random((1, h, w, 1)).astype("float32")
+    graph = tf.function(lambda t: prepare_float_batch(t, s),
+                        input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+    np.testing.assert_array_equal(prepare_float_batch(x, s).numpy(), graph(x).numpy())
+    nh, nw = (int(v) for v in resized_size(h, w, s))
+    assert max(nh, nw) == s and min(nh, nw) == max(1, round(min(h, w) * s / max(h, w)))

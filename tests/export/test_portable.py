@@ -163,7 +163,7 @@ def test_savedmodel_through_the_same_entry_point(trained, tmp_path):
     assert (res.path / "saved_model.pb").is_file() and res.model_card_path.is_file()
     assert res.metadata["verification"]["max_abs_diff_vs_keras"] <= 1e-5
     stored = json.loads(res.metadata_path.read_text())
-    assert stored["metadata"]["threshold"] == 0.42 and stored["verification"]["images"] == 16
+    assert stored["threshold"] == 0.42 and stored["verification"]["images"] == 16
     assert stored["heldout"]["images"] == len(held)
     # served from the encoded files, the float SavedModel scores exactly what Keras scores
     assert stored["heldout"]["export"] == pytest.approx(stored["heldout"]["keras"], abs=1e-9)
@@ -233,11 +233,14 @@ def test_cli_exports_a_run_folder_with_its_data_threshold_and_split(trained, tmp
 @pytest.mark.slow
 @needs_litert
 def test_a_savedmodel_folder_is_a_source_through_its_run(trained, tmp_path):
-    """run folder -> SavedModel (metadata names the run) -> TFLite from saved_models/NAME/VERSION."""
-    model, _, held, run = trained
+    """run folder -> SavedModel (its own Keras config and variables) -> TFLite from saved_models/NAME/VERSION."""
+    model, train, held, run = trained
     sm = export_model(run, "savedmodel", out=tmp_path / "saved_models", name="kermany_tiny")
     assert sm.path == tmp_path / "saved_models" / "kermany_tiny" / "1"
-    res = export_model(str(sm.path), "tflite", out=tmp_path / "exp")
+    # the export holds no machine path, so the check images come from the caller (--data-dir / --splits)
+    with pytest.raises(Exception, match="held-out|data"):
+        export_model(str(sm.path), "tflite", out=tmp_path / "exp0")
+    res = export_model(str(sm.path), "tflite", out=tmp_path / "exp", train_data=train, heldout_data=held)
     meta = res.metadata
     assert meta["source"] == f"SavedModel {sm.path}" and meta["threshold"] == 0.42
     assert meta["heldout"]["images"] == len(held) and meta["verification"]["max_abs_diff_vs_keras"] <= 1e-5
