@@ -240,17 +240,21 @@ def operating_points(y_val, p_val, class_names: Sequence[str], rule: str = "youd
 
 
 def decide(y_prob, thresholds: Sequence[float | None], multilabel: bool = False) -> np.ndarray:
-    """Decisions under per-class thresholds.
+    """Decisions under per-class thresholds, the rule the exported graph applies
+    (:func:`cxr_tf.export.savedmodel.decision_rule`).
 
-    Multi-label: (N, L) 0/1 flags, ``p >= t`` per label. Single-label: (N,) class
-    indices, the arg-max of ``p / t`` (each class's probability in units of its own
-    operating threshold, torchxrayvision's op_threshs idea; a class without a
-    threshold keeps ``t = 1 / C``). With two classes and a threshold on class 1 this
-    is exactly ``p1 >= t1`` when ``t0 = 1 - t1``.
+    Multi-label: (N, L) 0/1 flags, ``p >= t`` per label (0.5 where a label has none).
+    Single-label: (N,) class indices: the most probable class among those at or above
+    their threshold, the arg-max when none is (a class without a threshold never passes).
+    Two classes with thresholds ``[None, t]``: ``p1 >= t`` (the binary rule).
     """
     prob = np.asarray(y_prob, dtype=np.float64)
-    c = prob.shape[1]
-    t = np.array([1.0 / c if v is None else float(v) for v in thresholds], dtype=np.float64)
     if multilabel:
+        t = np.array([0.5 if v is None else float(v) for v in thresholds])
         return (prob >= t).astype(np.int64)
-    return np.argmax(prob / np.maximum(t, _EPS), axis=1)
+    if len(thresholds) == 2 and thresholds[0] is None and thresholds[1] is not None:
+        return (prob[:, 1] >= float(thresholds[1])).astype(np.int64)  # binary: the report's rule
+    t = np.array([np.inf if v is None else float(v) for v in thresholds])
+    passed = prob >= t
+    masked = np.where(passed, prob, -1.0)
+    return np.where(passed.any(axis=1), masked.argmax(axis=1), prob.argmax(axis=1))

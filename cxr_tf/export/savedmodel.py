@@ -100,7 +100,8 @@ class _ServingModule(tf.Module):
     Python attributes) so that ``tf.saved_model.load(path)`` alone can tell the classes.
     """
 
-    def __init__(self, model, class_names, image_size, multilabel, metadata_json, thresholds=None):
+    def __init__(self, model, class_names, image_size, multilabel, metadata_json, thresholds=None,
+                 temperature=None):
         super().__init__(name="cxr_tf_serving")
         # A plain-object reference: invisible to tracking (see the class docstring).
         object.__setattr__(self, "_keras_model", model)
@@ -109,6 +110,8 @@ class _ServingModule(tf.Module):
         self._multilabel = bool(multilabel)
         # Operating point as constants of the graph (None: argmax, or 0.5 per label).
         self._thresholds = None if thresholds is None else np.asarray(thresholds, np.float32)
+        # Temperature scaling fitted on validation (cxr_tf.evaluation.calibration), a graph constant.
+        self._temperature = None if temperature is None else float(temperature)
         self._class_names = list(class_names)
         self.class_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False,
                                        name="class_names")
@@ -131,7 +134,18 @@ class _ServingModule(tf.Module):
 
     def _outputs(self, images):
         probs = tf.cast(self._keras_model(images, training=False), tf.float32)
-        out = {"probabilities": probs}
+        out = {}
+        if self._temperature is not None:
+            # Logits recovered from the probabilities (log p for softmax: the per-row
+            # constant cancels; logit(p) for sigmoid), divided by T: the same arithmetic as
+            # cxr_tf.evaluation.calibration.apply_temperature, so served == offline.
+            p = tf.clip_by_value(probs, 1e-7, 1.0 - 1e-7)
+            out["uncalibrated_probabilities"] = probs
+            if self._multilabel:
+                probs = tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / self._temperature)
+            else:
+                probs = tf.nn.softmax(tf.math.log(p) / self._temperature, axis=-1)
+        out["probabilities"] = probs
         if self._multilabel:  # independent labels: one yes/no per label, no single class
             t = 0.5 if self._thresholds is None else tf.constant(self._thresholds)
             out["decision"] = tf.cast(probs >= t, tf.int64)
@@ -281,10 +295,13 @@ def _gradient_png(size: int = 64) -> bytes:
     return tf.io.encode_png(img).numpy()
 
 
-def _outputs_doc(multilabel: bool) -> dict:
+def _outputs_doc(multilabel: bool, calibrated: bool = False) -> dict:
+    probs = {"probabilities": "float32 [N, C]" + (" (temperature-calibrated)" if calibrated else "")}
+    if calibrated:
+        probs["uncalibrated_probabilities"] = "float32 [N, C] (the model's own)"
     if multilabel:
-        return {"probabilities": "float32 [N, C]", "decision": "int64 [N, C] (1: label present at its threshold)"}
-    return {"probabilities": "float32 [N, C]", "class_index": "int64 [N] (by the operating point)",
+        return {**probs, "decision": "int64 [N, C] (1: label present at its threshold)"}
+    return {**probs, "class_index": "int64 [N] (by the operating point)",
             "decision": "string [N] (class name by the operating point)"}
 
 
@@ -320,6 +337,7 @@ def export_for_serving(
     multilabel: bool = False,
     threshold: float | None = None,
     class_thresholds: Sequence[float] | None = None,
+    calibration: dict | None = None,
     overwrite: bool = False,
     max_size_ratio: float | None = MAX_SIZE_RATIO,
 ) -> ExportResult:
@@ -348,6 +366,10 @@ def export_for_serving(
             ``P(class 1) >= threshold``; multilabel, the same threshold for every label.
             Default: ``metadata["threshold"]`` if given (older callers), else none (argmax).
         class_thresholds: one threshold per class / label (overrides ``threshold``).
+        calibration: ``{"method": "temperature", "temperature": T, ...}`` (from
+            :func:`cxr_tf.evaluation.calibration.calibration_summary`): applied in the graph,
+            so ``probabilities`` are calibrated (``uncalibrated_probabilities`` beside them)
+            and the thresholds act on calibrated probabilities.
         overwrite: replace an existing version folder instead of refusing.
         max_size_ratio: refuse (CXRModelError) when ``variables/`` exceeds this
             multiple of the ``.weights.h5`` size (weights of 256 KiB and more);
@@ -373,6 +395,13 @@ def export_for_serving(
     if threshold is None and class_thresholds is None and metadata.get("threshold") is not None:
         threshold = metadata.pop("threshold")
     thresholds = _thresholds_for(len(class_names), threshold, class_thresholds, multilabel)
+    temperature = None
+    if calibration:
+        temperature = calibration.get("temperature")
+        if calibration.get("method") != "temperature" or not (isinstance(temperature, (int, float))
+                                                             and temperature > 0):
+            raise CXRConfigError(f"calibration must be {{'method': 'temperature', 'temperature': T > 0}}; "
+                                 f"got {calibration!r}")
     threshold = None if threshold is None else float(threshold)
     if multilabel:
         rule = "P(label) >= " + ("0.5" if thresholds is None else "per-label threshold")
@@ -405,11 +434,14 @@ def export_for_serving(
         "threshold": threshold,
         "class_thresholds": None if class_thresholds is None else [float(v) for v in class_thresholds],
         "decision_rule": rule,
+        "calibration": calibration,
         "version": version,
         "keras_model": _keras_config(model),
         "signatures": {
-            SERVING_SIGNATURE: {"inputs": {BYTES_INPUT: "string [N]"}, "outputs": _outputs_doc(multilabel)},
-            IMAGES_SIGNATURE: {"inputs": {IMAGES_INPUT: "float32 [N, H, W, C]"}, "outputs": _outputs_doc(multilabel)},
+            SERVING_SIGNATURE: {"inputs": {BYTES_INPUT: "string [N]"},
+                                "outputs": _outputs_doc(multilabel, temperature is not None)},
+            IMAGES_SIGNATURE: {"inputs": {IMAGES_INPUT: "float32 [N, H, W, C]"},
+                               "outputs": _outputs_doc(multilabel, temperature is not None)},
         },
         "cxr_tf_version": _cxr_tf_version(),
         "tensorflow_version": tf.__version__,
@@ -425,7 +457,7 @@ def export_for_serving(
     if not all(isinstance(b, (bytes, bytearray)) for b in warmup):
         raise CXRConfigError("warmup_images must be a list of encoded image bytes")
 
-    module = _ServingModule(model, class_names, image_size, multilabel, info_json, thresholds)
+    module = _ServingModule(model, class_names, image_size, multilabel, info_json, thresholds, temperature)
     for i, b in enumerate(warmup):
         try:
             module.serve_bytes(tf.constant([bytes(b)]))

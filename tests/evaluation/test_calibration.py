@@ -116,9 +116,12 @@ def test_operating_points_per_class_and_decision():
         assert ((p[:, j] >= t) & (y == j)).sum() / (y == j).sum() >= 0.9
     d = decide(p, list(op["thresholds"].values()))
     assert d.shape == (900,) and set(np.unique(d)) <= {0, 1, 2}
-    # binary: argmax(p / t) with t0 = 1 - t1 is exactly p1 >= t1
+    # binary with a threshold on class 1 only: exactly p1 >= t1, the report's rule
     pb = softmax(rng.normal(0, 2, (500, 2)), axis=1)
-    assert (decide(pb, [0.3, 0.7]) == (pb[:, 1] >= 0.7)).all()
+    assert (decide(pb, [None, 0.7]) == (pb[:, 1] >= 0.7)).all()
+    # the most probable class among those over their thresholds, else argmax
+    assert decide(np.array([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]]), [0.6, 0.25, None]).tolist() == [1, 1]
+    assert decide(np.array([[0.5, 0.3, 0.2]]), [0.6, 0.4, None]).tolist() == [0]
     with pytest.raises(CXRInputError):
         operating_points(y, p, ["a", "b", "c"], rule="precision:0.9")
 
@@ -129,3 +132,12 @@ def test_multilabel_operating_points_skip_labels_without_both_classes():
     op = operating_points(y, p, ["effusion", "mass"], rule="youden", multilabel=True)
     assert op["thresholds"]["mass"] is None and op["thresholds"]["effusion"] == pytest.approx(0.7)
     assert decide(p, [0.7, None], multilabel=True).tolist() == [[1, 0], [0, 0], [1, 0], [0, 1]]
+
+
+def test_decide_equals_the_served_graph_rule():
+    from cxr_tf.export.savedmodel import decision_rule
+
+    rng = np.random.default_rng(5)
+    p = softmax(rng.normal(0, 1.5, (400, 3)), axis=1)
+    t = [0.5, 0.3, 0.4]
+    assert (decide(p, t) == decision_rule(p, class_thresholds=t)).all()
