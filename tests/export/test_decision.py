@@ -178,3 +178,28 @@ def test_served_decision_equals_evaluate_rule_on_real_images(kermany_subset, tmp
     cm = np.zeros((2, 2), int)
     np.add.at(cm, (pred["y_true"], served["class_index"][idx]), 1)
     assert metrics["confusion_matrix"] == cm.tolist()
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_served_probabilities_are_temperature_calibrated_as_offline(tmp_path, multilabel):
+    from cxr_tf.evaluation.calibration import apply_temperature, decide
+
+    m = _model(3, activation="sigmoid" if multilabel else "softmax")
+    x = _batch(seed=2)
+    p = _probs(m, x)
+    cal = {"method": "temperature", "temperature": 2.5, "fit_on": "val"}
+    t = [0.3, 0.4, 0.5]
+    res = export_for_serving(m, tmp_path, "cal", class_names=["a", "b", "c"], image_size=S, multilabel=multilabel,
+                             class_thresholds=t, calibration=cal)
+    out = load_exported(res.path).serve_images(x)
+    want = apply_temperature(p, 2.5, multilabel)
+    np.testing.assert_allclose(out["probabilities"], want, atol=1e-5)
+    np.testing.assert_allclose(out["uncalibrated_probabilities"], p, atol=1e-5)
+    # the decision acts on the calibrated probabilities, by the same rule as offline
+    key = "decision" if multilabel else "class_index"
+    np.testing.assert_array_equal(out[key], decide(want, t, multilabel))
+    meta = json.loads((res.path / "assets.extra" / "cxr_tf_metadata.json").read_text())
+    assert meta["calibration"]["temperature"] == 2.5
+    with pytest.raises(CXRConfigError, match="calibration"):
+        export_for_serving(m, tmp_path, "bad", class_names=["a", "b", "c"], image_size=S,
+                           calibration={"method": "platt"})
