@@ -133,8 +133,7 @@ def main(argv=None) -> int:
                 return 2
             return importlib.import_module(f"cxr_tf.experiments.{a.experiment}").main(rest)
         if a.cmd == "evaluate":
-            ev.evaluate_exported(a.model, a.data_dir, a.format, a.out, a.threshold, a.on_error, a.batch_size,
-                                 a.splits, a.split_name, a.cache_dir)
+            ev.run(a)
         elif a.cmd == "judge":
             return judge_cli.run(a)
         elif a.cmd == "presets":

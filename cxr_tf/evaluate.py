@@ -67,19 +67,65 @@ def load_for_model(data_dir: str, fmt: str, model_classes: list[str], on_error: 
     return ds
 
 
-def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: str | None = None,
+def _training_data_name(model) -> str | None:
+    """The folder name of the data an export was trained on (from its portable metadata)."""
+    cfg = (model.metadata.get("metadata") or {}).get("config") or {}
+    d = cfg.get("data_dir")
+    return Path(str(d)).name if d else None
+
+
+def _predict(models, ds, batch_size: int, tta: int, seed: int) -> tuple[np.ndarray, dict | None]:
+    """Mean probabilities over ensemble members and TTA views; uncertainty when > 1 member."""
+    from cxr_tf.evaluation.predictive_uncertainty import combine
+
+    members = []
+    for model in models:
+        if tta > 1:
+            from cxr_tf.data import image_dataset
+            from cxr_tf.data.tta import predict_tta
+
+            x = np.stack([im.numpy() for im, _ in image_dataset(ds, model.image_size)])
+            members += list(predict_tta(model.predict_images, x, tta, seed=seed))
+        elif ds.in_memory:
+            arr = np.asarray(ds.items, np.float32)
+            members.append(model.predict_images(arr[..., None] if arr.ndim == 3 else arr))
+        else:
+            members.append(np.concatenate([
+                _predict_files(model, ds.items[i:i + batch_size], ds.item_names[i:i + batch_size], batch_size)
+                for i in range(0, len(ds), batch_size)]))
+    if len(members) == 1:
+        return members[0], None
+    c = combine(np.stack(members), multilabel=bool(getattr(models[0], "multilabel", False)))
+    return c["mean"], c
+
+
+def evaluate_exported(model_path, data_dir: str, fmt: str = "auto", out: str | None = None,
                       threshold: float | None = None, on_error: str = "raise", batch_size: int = 32,
                       splits: str | None = None, split_name: str = "test",
-                      cache_dir: str | None = None) -> dict:
-    """Evaluate an exported SavedModel on a dataset; returns the metrics dict."""
+                      cache_dir: str | None = None, tta: int = 1, seed: int = 0) -> dict:
+    """Evaluate an exported SavedModel (or an ensemble: a list of them) on a dataset.
+
+    Args:
+        model_path: a SavedModel version folder, or a list of them (a deep ensemble: their
+            probabilities are averaged; the predictive entropy and mutual information per
+            image go to ``predictions.csv``).
+        tta: test-time augmentation views per image (1: none); averaged like members.
+        seed: the TTA views' seed.
+
+    Returns the metrics dict.
+    """
     from cxr_tf.data import prepare_items
     from cxr_tf.data.pipeline import default_cache_dir
     from cxr_tf.datasets import load_splits
     from cxr_tf.evaluation import evaluate_predictions
+    from cxr_tf.evaluation.predictive_uncertainty import check_compatible
     from cxr_tf.export import load_exported
 
     t0 = time.time()
-    model = load_exported(model_path)
+    paths = [model_path] if isinstance(model_path, (str, os.PathLike)) else list(model_path)
+    models = [load_exported(p) for p in paths]
+    check_compatible([{"class_names": list(m.class_names)} for m in models])
+    model = models[0]
     ds = load_for_model(data_dir, fmt, model.class_names, on_error)
     listed_skipped = list(getattr(ds, "skipped", None) or [])  # subset() starts a new dataset
     if splits:
@@ -92,13 +138,9 @@ def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: st
     ds, skipped = prepare_items(ds, cache_dir=cache_dir, on_error=on_error)
     if len(ds) == 0:
         raise CXRDatasetError(data_dir, "no usable images to evaluate")
-    if ds.in_memory:
-        prob = model.predict_images(np.asarray(ds.items, np.float32)[..., None] if np.asarray(ds.items).ndim == 3
-                                    else np.asarray(ds.items, np.float32))
-    else:
-        prob = np.concatenate([_predict_files(model, ds.items[i:i + batch_size], ds.item_names[i:i + batch_size],
-                                              batch_size) for i in range(0, len(ds), batch_size)])
-    if threshold is None and len(model.class_names) == 2:
+    prob, unc = _predict(models, ds, batch_size, max(1, int(tta)), seed)
+    if threshold is None and len(model.class_names) == 2 and len(models) == 1:
+        # an ensemble's average has no validated threshold of its own: argmax unless --threshold
         threshold = model.threshold  # top level, or nested in older exports
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = out or os.path.join("runs", "evaluate", stamp)
@@ -107,17 +149,74 @@ def evaluate_exported(model_path: str, data_dir: str, fmt: str = "auto", out: st
         from cxr_tf.io import write_skip_list
 
         write_skip_list(skipped, os.path.join(out, "skipped.csv"))
-    cfg = {"model": str(model_path), "data_dir": str(data_dir), "format": fmt, "images": len(ds),
-           "skipped": len(skipped), "threshold": threshold}
+    cfg = {"model": [str(p) for p in paths] if len(paths) > 1 else str(paths[0]), "data_dir": str(data_dir),
+           "format": fmt, "images": len(ds), "skipped": len(skipped), "threshold": threshold, "tta_views": tta,
+           "ensemble_members": len(models)}
+    name = Path(str(paths[0])).parent.name + (f" +{len(paths) - 1} (ensemble)" if len(paths) > 1 else "")
     metrics = evaluate_predictions(ds.class_index(), prob, model.class_names, out,
-                                   title=f"{Path(model_path).parent.name} v{Path(model_path).name} on {Path(data_dir).name}",
+                                   title=f"{name} v{Path(str(paths[0])).name} on {Path(data_dir).name}",
                                    config=cfg, threshold=threshold, meta=ds.meta)
     np.savez_compressed(os.path.join(out, "predictions.npz"), y_true=ds.class_index(), y_prob=prob,
                         items=np.asarray(ds.item_names))
+    if unc is not None:
+        import pandas as pd
+
+        table = pd.DataFrame({"item": ds.item_names, "true": np.asarray(model.class_names)[ds.class_index()],
+                              **{f"p_{c}": prob[:, j] for j, c in enumerate(model.class_names)},
+                              "entropy": unc["entropy"], "mutual_information": unc["mutual_information"]})
+        table.to_csv(os.path.join(out, "predictions.csv"), index=False, encoding="utf-8", errors="surrogateescape")
+        metrics["uncertainty"] = {"members": unc["n_members"], "mean_entropy": float(unc["entropy"].mean()),
+                                  "mean_mutual_information": float(unc["mutual_information"].mean())}
     print(f"[cxr_tf] evaluated {len(ds)} images in {time.time() - t0:.0f}s: accuracy "
           f"{metrics['accuracy']['value']:.3f}, macro AUC {metrics['macro_auc']['value'] or float('nan'):.3f}; "
           f"report {os.path.join(out, 'report.md')}")
     return metrics
+
+
+def evaluate_sites(model_path, data_dirs, fmt: str = "auto", out: str | None = None, **kwargs) -> "pd.DataFrame":
+    """:func:`evaluate_exported` on several datasets, one sub-folder each, and one table.
+
+    A dataset whose folder name is the one the model was trained on is ``internal`` (pass
+    ``splits`` to score only its held-out split), every other one ``external``. Writes
+    ``sites.csv`` and ``sites.md`` (accuracy and macro AUC with 95% CIs; binary tasks:
+    sensitivity and specificity at the model's threshold).
+    """
+    import pandas as pd
+
+    from cxr_tf.evaluation import fmt_ci
+    from cxr_tf.export import load_exported
+
+    paths = [model_path] if isinstance(model_path, (str, os.PathLike)) else list(model_path)
+    trained_on = _training_data_name(load_exported(paths[0]))
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = out or os.path.join("runs", "evaluate", stamp)
+    rows, seen = [], {}
+    for d in data_dirs:
+        name = Path(d).name or Path(d).parent.name
+        seen[name] = seen.get(name, 0) + 1
+        sub = name if seen[name] == 1 else f"{name}_{seen[name]}"
+        split_kw = kwargs if name == trained_on else {k: v for k, v in kwargs.items() if k not in ("splits", "split_name")}
+        m = evaluate_exported(paths, d, fmt, os.path.join(out, sub), **split_kw)
+        row = {"dataset": name, "site": "internal" if name == trained_on else "external", "images": m["n"],
+               "accuracy": fmt_ci(m["accuracy"], "wilson_ci"), "macro_auc": fmt_ci(m["macro_auc"], "bootstrap_ci"),
+               "accuracy_value": m["accuracy"]["value"], "macro_auc_value": m["macro_auc"]["value"]}
+        if m["n_classes"] == 2:
+            pos = m["class_names"][1]
+            row["sensitivity"] = fmt_ci(m["per_class"][pos]["sensitivity"], "wilson_ci")
+            row["specificity"] = fmt_ci(m["per_class"][pos]["specificity"], "wilson_ci")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    os.makedirs(out, exist_ok=True)
+    table.to_csv(os.path.join(out, "sites.csv"), index=False)
+    shown = [c for c in table.columns if not c.endswith("_value")]
+    md = ["# Internal vs external evaluation", "",
+          f"Model: {', '.join(str(p) for p in paths)}; trained on `{trained_on or 'unknown'}` (internal). "
+          "95% CIs: Wilson (proportions), bootstrap (AUC).", "",
+          "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    md += ["| " + " | ".join(str(r[c]) for c in shown) + " |" for r in rows]
+    Path(out, "sites.md").write_text("\n".join(md) + "\n")
+    print("[cxr_tf] " + Path(out, "sites.md").read_text())
+    return table
 
 
 def _predict_files(model, paths, names, batch_size: int) -> np.ndarray:
@@ -138,9 +237,14 @@ def _predict_files(model, paths, names, batch_size: int) -> np.ndarray:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="SavedModel version folder, e.g. saved_models/NAME/1")
-    p.add_argument("--data-dir", required=True, help="dataset folder, .npz or .csv manifest")
-    p.add_argument("--format", default="auto", choices=["auto", "kermany", "folder", "npz", "csv"])
+    p.add_argument("--model", required=True, action="append",
+                   help="SavedModel version folder, e.g. saved_models/NAME/1; repeat it for a deep ensemble "
+                        "(probabilities averaged, entropy per image in predictions.csv)")
+    p.add_argument("--data-dir", required=True, action="append",
+                   help="dataset folder, .npz or .csv manifest; repeat it to score several sites into one "
+                        "internal-vs-external table (sites.md)")
+    p.add_argument("--format", default="auto", choices=["auto", "kermany", "folder", "npz", "csv"],
+                   help="dataset layout (auto: detected from the folder)")
     p.add_argument("--out", default=None, help="output folder (default runs/evaluate/<UTC timestamp>)")
     p.add_argument("--threshold", type=float, default=None, help="binary decision threshold (default: the model's)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
@@ -149,9 +253,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="where files the model cannot decode directly (DICOM, TIFF, BMP, ...) are cached as "
                         "16-bit PNG (default ~/.cache/cxr_tf/decoded)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--splits", default=None, help="a run's splits.csv: evaluate only one split of it")
-    p.add_argument("--split-name", default="test")
+    p.add_argument("--batch-size", type=int, default=32, help="images per served batch")
+    p.add_argument("--splits", default=None, help="a run's splits.csv: evaluate only one split of it "
+                                                  "(with several --data-dir: the internal dataset only)")
+    p.add_argument("--split-name", default="test", help="which split of --splits to score")
+    p.add_argument("--tta", type=int, default=1,
+                   help="test-time augmentation views per image (1 = none; mild seeded shifts and rotations, "
+                        "view 0 the original), averaged; entropy per image in predictions.csv")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TTA views")
+
+
+def run(a) -> None:
+    """``cxr-tf evaluate`` / ``python -m cxr_tf.evaluate`` with parsed arguments."""
+    models = a.model if len(a.model) > 1 else a.model[0]
+    kw = dict(threshold=a.threshold, on_error=a.on_error, batch_size=a.batch_size, splits=a.splits,
+              split_name=a.split_name, cache_dir=a.cache_dir, tta=a.tta, seed=a.seed)
+    if len(a.data_dir) > 1:
+        evaluate_sites(models, a.data_dir, a.format, a.out, **kw)
+    else:
+        evaluate_exported(models, a.data_dir[0], a.format, a.out, **kw)
 
 
 def main(argv=None) -> int:
@@ -159,8 +279,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m cxr_tf.evaluate", description=__doc__.split("\n")[0])
     add_arguments(p)
     a = p.parse_args(argv)
-    return run_main(evaluate_exported, a.model, a.data_dir, a.format, a.out, a.threshold, a.on_error,
-                    a.batch_size, a.splits, a.split_name, a.cache_dir)
+    return run_main(run, a)
 
 
 if __name__ == "__main__":

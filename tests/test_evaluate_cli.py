@@ -70,3 +70,74 @@ def test_evaluate_bad_file_named_or_skipped(exported, tmp_path, capsys):
                 "--on-error", "skip", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["n"] == 6
     assert "broken.png" in (out / "skipped.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def two_exports(tmp_path_factory):
+    """Two differently initialised tiny models 'trained on' kermany224 (their metadata says so)."""
+    import keras
+
+    base = tmp_path_factory.mktemp("ens")
+    out = []
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        m = build_model("tiny_cnn", num_classes=2, image_size=32, freeze_until=0, class_names=["normal", "pneumonia"])
+        out.append(str(export_for_serving(m, base, name=f"m{seed}", class_names=m.class_names, image_size=32,
+                                          metadata={"config": {"data_dir": "/data/kermany224"}}).path))
+    return out
+
+
+def _kermany_and_folder(kermany_subset, tmp_path):
+    k = kermany_subset(6, 3, 3, name="kermany224")
+    folder = tmp_path / "site_b"
+    for cls in ("normal", "pneumonia"):
+        (folder / cls).mkdir(parents=True)
+    for i, p in enumerate(sorted((k / "train" / "NORMAL").iterdir())[:3]):
+        shutil.copy(p, folder / "normal" / p.name)
+    for p in sorted((k / "train" / "PNEUMONIA").iterdir())[:3]:
+        shutil.copy(p, folder / "pneumonia" / p.name)
+    return k, folder
+
+
+@pytest.mark.slow
+def test_evaluate_several_sites_one_table(two_exports, kermany_subset, tmp_path):
+    k, folder = _kermany_and_folder(kermany_subset, tmp_path)
+    out = tmp_path / "sites"
+    assert cli(["evaluate", "--model", two_exports[0], "--data-dir", str(k), "--data-dir", str(folder),
+                "--out", str(out)]) == 0
+    import pandas as pd
+
+    t = pd.read_csv(out / "sites.csv")
+    assert list(t["dataset"]) == ["kermany224", "site_b"] and list(t["site"]) == ["internal", "external"]
+    assert list(t["images"]) == [12, 6]
+    for sub in ("kermany224", "site_b"):  # every site keeps its own full report
+        m = json.loads((out / sub / "metrics.json").read_text())
+        assert m["n"] == (12 if sub == "kermany224" else 6)
+    assert "| kermany224 | internal | 12 |" in (out / "sites.md").read_text()
+
+
+@pytest.mark.slow
+def test_evaluate_ensemble_and_tta_write_entropy(two_exports, kermany_subset, tmp_path):
+    import pandas as pd
+
+    from cxr_tf.export import load_exported
+
+    k, _ = _kermany_and_folder(kermany_subset, tmp_path)
+    out = tmp_path / "ens"
+    assert cli(["evaluate", "--model", two_exports[0], "--model", two_exports[1], "--data-dir", str(k),
+                "--out", str(out)]) == 0
+    p = pd.read_csv(out / "predictions.csv")
+    assert len(p) == 12 and (p["entropy"] >= 0).all() and (p["entropy"] <= np.log(2) + 1e-6).all()
+    # the ensemble's probabilities are the mean of its members'
+    files = [str(x) for x in sorted((k / "train").rglob("*.jpeg"))]
+    by_item = {row["item"]: row["p_pneumonia"] for _, row in p.iterrows()}
+    members = [load_exported(e).predict_bytes([open(f, "rb").read() for f in files]) for e in two_exports]
+    mean = (members[0] + members[1]) / 2
+    got = np.array([next(v for kk, v in by_item.items() if f.endswith(kk.split("/")[-1])) for f in files])
+    np.testing.assert_allclose(got, mean[:, 1], atol=1e-5)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["threshold"] is None  # an average has no validated threshold: argmax
+    out2 = tmp_path / "tta"
+    assert cli(["evaluate", "--model", two_exports[0], "--data-dir", str(k), "--tta", "4", "--out", str(out2)]) == 0
+    p2 = pd.read_csv(out2 / "predictions.csv")
+    assert len(p2) == 12 and p2["mutual_information"].max() > 0  # the views disagree somewhat
