@@ -3,10 +3,12 @@
     cxr-tf predict --model preset:NAME | saved_models/NAME/VERSION | RUN_DIR | model.keras \\
                    IMAGES_OR_DIR... --out predictions.csv [--threshold T] [--on-error skip|raise]
 
-Every file is decoded by :func:`cxr_tf.io.read_image` (PNG, JPEG, DICOM with its
-photometric and VOI handling, ...) and prepared by the same TF ops as training and
-serving (:func:`cxr_tf.data.preprocess.prepare_float_batch`), so a file gives the same
-input whichever path it takes. Folders are searched recursively for image files
+Every file goes through the project's one decoding contract (:mod:`cxr_tf.io.graph`): a
+PNG / JPEG is decoded by the graph's own decoder, anything else (DICOM with its
+photometric and VOI handling, TIFF, BMP, ...) once by :func:`cxr_tf.io.read_image` into
+the decode cache; then the same TF ops as training and serving prepare it
+(:func:`cxr_tf.data.preprocess.prepare_float_batch`), so a file gives the same input
+whichever path it takes. Folders are searched recursively for image files
 (known extensions, or none: DICOMs often have none). Unreadable files are listed with
 their cause in ``<out stem>_skipped.csv`` (``--on-error skip``, the default).
 
@@ -49,10 +51,8 @@ class Predictor:
 
 
 def graph_preprocessor(image_size: int):
-    """``prepare_float_batch`` traced with unknown height and width, as tf.data (training)
-    and the exported signatures run it. Eagerly, with the sizes known, TF's
-    ``resize_with_pad`` computes the resized side in Python and can differ by a pixel of
-    padding (224 -> 48: 48 eagerly, 47 + 1 px pad in a graph), so predict runs the graph's way."""
+    """``prepare_float_batch`` traced once with unknown height and width (one graph for
+    every image size, as tf.data and the exported signatures run it)."""
     import tensorflow as tf
 
     from cxr_tf.data.preprocess import prepare_float_batch
@@ -96,8 +96,12 @@ def load_predictor(spec: str) -> Predictor:
         from cxr_tf.export import load_exported
 
         exported = load_exported(path)
-        meta = exported.metadata.get("metadata") or exported.metadata
-        thr = meta.get("thresholds") or _binary_threshold(exported.class_names, meta.get("threshold"))
+        # the served operating point (top level; nested in older exports): what the served
+        # decision applies, on the (calibrated, where exported) probabilities predict_images returns
+        if exported.class_thresholds:
+            thr = dict(zip(exported.class_names, exported.class_thresholds))
+        else:
+            thr = _binary_threshold(exported.class_names, exported.threshold)
 
         def predict(arrays):
             # One call per image: the signature scales and resizes any size itself, exactly
@@ -153,9 +157,26 @@ def decide(prob: np.ndarray, names: list, multilabel: bool, thresholds: dict) ->
     return [names[int(i)] for i in prob.argmax(1)], [""] * len(prob)
 
 
-def predict_files(model: str, inputs, out: str = "predictions.csv", threshold: float | None = None,
-                  on_error: str = "skip", batch_size: int = 32, verbose: int = 1) -> dict:
+def decode_file(path: str, cache_dir=None) -> np.ndarray:
+    """A file's pixels as every other path decodes them: ``(H, W)`` float32, unscaled."""
+    import tensorflow as tf
+
+    from cxr_tf.data.pipeline import default_cache_dir
+    from cxr_tf.data.preprocess import decode_image
+    from cxr_tf.io import graph_input
+
+    src = graph_input(path, cache_dir=cache_dir or default_cache_dir())
+    return decode_image(tf.io.read_file(os.fsencode(src))).numpy()[..., 0]
+
+
+def predict_files(model, inputs, out: str = "predictions.csv", threshold: float | None = None,
+                  on_error: str = "skip", batch_size: int = 32, verbose: int = 1, tta: int = 1,
+                  seed: int = 0, cache_dir=None) -> dict:
     """Predict every image of ``inputs``; writes ``out`` (and the skip list). Returns a summary.
+
+    ``model`` may be a list (a deep ensemble: probabilities averaged, thresholds of the
+    first member unless ``threshold``); ``tta`` > 1 averages that many seeded views of each
+    image. Either adds ``entropy`` and ``mutual_information`` columns.
 
     Raises:
         CXRConfigError: bad options, or no readable image at all.
@@ -164,15 +185,19 @@ def predict_files(model: str, inputs, out: str = "predictions.csv", threshold: f
     import keras
     import pandas as pd
 
-    from cxr_tf.io import read_image, write_skip_list
+    from cxr_tf.evaluation.predictive_uncertainty import check_compatible, combine
+    from cxr_tf.io import write_skip_list
 
     if on_error not in ("skip", "raise"):
         raise CXRConfigError(f"--on-error must be skip or raise; received {on_error!r}")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise CXRConfigError(f"--threshold must be in [0, 1]; received {threshold}")
     t0 = time.time()
-    pred = load_predictor(model)
-    thresholds = dict(pred.thresholds)
+    specs = [model] if isinstance(model, (str, os.PathLike)) else list(model)
+    members = [load_predictor(m) for m in specs]
+    check_compatible([{"class_names": m.class_names} for m in members])
+    pred = members[0]
+    thresholds = dict(pred.thresholds) if len(members) == 1 else {}
     source = "model metadata" if thresholds else "default 0.5"
     if threshold is not None:
         if len(pred.class_names) == 2 and not pred.multilabel:
@@ -186,19 +211,33 @@ def predict_files(model: str, inputs, out: str = "predictions.csv", threshold: f
     rows, skipped, batch, names = [], [], [], []
     bar = keras.utils.Progbar(len(files), unit_name="image", verbose=verbose)
 
+    def views(m):
+        if tta <= 1:
+            return [m.predict(batch)]
+        from cxr_tf.data.tta import tta_views
+
+        prepare = graph_preprocessor(m.image_size)
+        x = np.concatenate([prepare(a[None, ..., None].astype(np.float32)).numpy() for a in batch])
+        # each view is model-ready already; predict() re-applies the (idempotent) scaling
+        return [m.predict([v[..., 0] for v in view]) for view in tta_views(x, tta, seed=seed)]
+
     def flush():
         if batch:
-            prob = pred.predict(batch)
+            outs = [p for m in members for p in views(m)]
+            unc = combine(np.stack(outs), pred.multilabel) if len(outs) > 1 else None
+            prob = outs[0] if unc is None else unc["mean"]
             dec, thr = decide(prob, pred.class_names, pred.multilabel, thresholds)
-            for f, p, d, t in zip(names, prob, dec, thr):
+            for k, (f, p, d, t) in enumerate(zip(names, prob, dec, thr)):
                 rows.append({"path": f, **{f"p_{c}": float(v) for c, v in zip(pred.class_names, p)},
-                             "predicted": pred.class_names[int(np.argmax(p))], "decision": d, "threshold": t})
+                             "predicted": pred.class_names[int(np.argmax(p))], "decision": d, "threshold": t,
+                             **({} if unc is None else {"entropy": float(unc["entropy"][k]),
+                                                         "mutual_information": float(unc["mutual_information"][k])})})
             batch.clear()
             names.clear()
 
     for i, f in enumerate(files, start=1):
         try:
-            batch.append(read_image(f))
+            batch.append(decode_file(f, cache_dir))
             names.append(f)
         except CXRImageError as e:
             if on_error == "raise":
@@ -232,18 +271,26 @@ def predict_files(model: str, inputs, out: str = "predictions.csv", threshold: f
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR", help="PNG, JPEG or DICOM files, or folders")
-    p.add_argument("--model", required=True,
-                   help="preset:NAME, a preset folder, saved_models/NAME/VERSION, a run folder or a .keras file")
+    p.add_argument("--model", required=True, action="append",
+                   help="preset:NAME, a preset folder, saved_models/NAME/VERSION, a run folder or a .keras file; "
+                        "repeat it for a deep ensemble (probabilities averaged, entropy per image)")
     p.add_argument("--out", default="predictions.csv", help="the CSV to write (skip list beside it)")
     p.add_argument("--threshold", type=float, default=None,
                    help="decision threshold (default: the model's own operating threshold, else 0.5)")
     p.add_argument("--on-error", default="skip", choices=["skip", "raise"],
                    help="unreadable files: list them in <out>_skipped.csv (skip) or stop (raise)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per prediction batch")
+    p.add_argument("--tta", type=int, default=1,
+                   help="test-time augmentation views per image (1 = none), averaged; adds entropy columns")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TTA views")
+    p.add_argument("--cache-dir", default=None,
+                   help="decode cache for DICOM, TIFF, BMP, ... (default ~/.cache/cxr_tf/decoded)")
 
 
 def run(a) -> dict:
-    return predict_files(a.model, a.inputs, a.out, a.threshold, a.on_error, a.batch_size)
+    models = a.model if len(a.model) > 1 else a.model[0]
+    return predict_files(models, a.inputs, a.out, a.threshold, a.on_error, a.batch_size, tta=a.tta, seed=a.seed,
+                         cache_dir=a.cache_dir)
 
 
 def main(argv=None) -> int:

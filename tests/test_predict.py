@@ -144,3 +144,26 @@ def test_predict_keras_file_multiclass_without_real_data(tmp_path):
     assert s["images"] == 3 and list(df.columns[1:4]) == ["p_normal", "p_bacteria", "p_virus"]
     assert (df["decision"] == df["predicted"]).all() and df["threshold"].isna().all()
     assert (df["predicted"] == df[["p_normal", "p_bacteria", "p_virus"]].idxmax(1).str[2:]).all()
+
+
+def test_predict_ensemble_and_tta_add_uncertainty_and_match_the_served_bytes(preset, real_files, tmp_path):
+    from cxr_tf.export import export_for_serving, load_exported
+
+    jpgs, _ = real_files
+    res = export_for_serving(preset, tmp_path / "saved_models", "tiny", class_names=CLASSES, image_size=S,
+                             threshold=0.4)
+    s = predict_files(str(res.path), jpgs, str(tmp_path / "one.csv"), verbose=0)
+    one = pd.read_csv(tmp_path / "one.csv")
+    assert s["thresholds"] == {"pneumonia": 0.4}
+    # predict decodes as the served graph does: equal to serving_default on the encoded bytes
+    served = load_exported(res.path).predict_bytes([open(f, "rb").read() for f in jpgs])
+    np.testing.assert_allclose(one[["p_normal", "p_pneumonia"]].to_numpy(), served, atol=1e-5)
+    assert cli_main(["predict", "--model", str(res.path), "--model", "preset:tiny", *jpgs,
+                     "--out", str(tmp_path / "ens.csv")]) == 0
+    ens = pd.read_csv(tmp_path / "ens.csv")
+    assert {"entropy", "mutual_information"} <= set(ens.columns)
+    # two copies of one model (fp16 preset vs fp32 export): nearly no disagreement
+    assert ens["mutual_information"].max() < 1e-3
+    predict_files("preset:tiny", jpgs, str(tmp_path / "tta.csv"), verbose=0, tta=4)
+    tta = pd.read_csv(tmp_path / "tta.csv")
+    assert (tta["entropy"] >= 0).all() and tta["mutual_information"].max() > 0
