@@ -237,15 +237,24 @@ def evaluate_split(model, pipe, ds: CXRDataset) -> tuple[np.ndarray, np.ndarray]
     return ds.class_index(), prob
 
 
-def write_tensorboard_summaries(run, metrics: dict, class_names, step: int) -> None:
-    """Test confusion matrix image and headline metrics into TensorBoard."""
+def write_tensorboard_summaries(run, metrics: dict, class_names, step: int, weights_epoch: int | None = None,
+                                monitor: str = "val_auc") -> None:
+    """Test confusion matrix image and headline metrics into TensorBoard.
+
+    ``weights_epoch`` (1-based) is the epoch of the evaluated weights (the best
+    checkpoint, not the last epoch): the image title says it, and the summaries are
+    written at that step so they line up with that epoch's validation curves.
+    """
     import tensorflow as tf
 
     from cxr_tf.evaluation import confusion_matrix_image
 
+    title = "test" if weights_epoch is None else f"test, weights of epoch {weights_epoch} (best {monitor})"
+    if weights_epoch is not None:
+        step = weights_epoch - 1  # Keras' TensorBoard callback logs epoch k at step k - 1
     writer = tf.summary.create_file_writer(str(run.tensorboard / "test"))
     with writer.as_default():
-        img = confusion_matrix_image(metrics["confusion_matrix"], class_names, title="test")
+        img = confusion_matrix_image(metrics["confusion_matrix"], class_names, title=title)
         tf.summary.image("confusion_matrix", img[None, ..., :3], step=step)
         for key in ("accuracy", "macro_auc", "averaged_accuracy"):
             v = metrics.get(key)

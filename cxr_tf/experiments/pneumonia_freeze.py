@@ -144,7 +144,11 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
         config=cfg.to_dict(), threshold=threshold,
     )
     plot_training_curves(str(run_dir / "history.csv"), str(run_dir.plots / "training_curves.png"))
-    common.write_tensorboard_summaries(run_dir, metrics, ds.class_names, step=len(history.get("loss", [])))
+    from cxr_tf.evaluation import best_epoch
+
+    best = best_epoch(str(run_dir / "history.csv")) if (run_dir / "history.csv").is_file() else None
+    common.write_tensorboard_summaries(run_dir, metrics, ds.class_names, step=len(history.get("loss", [])),
+                                       weights_epoch=best)
 
     export = None
     if cfg.export:
