@@ -116,18 +116,13 @@ def test_failed_start_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
     assert trained_anything(run)
 
 
-@pytest.mark.parametrize("module", [
-    "pneumonia_freeze", "freeze_depth", "augmentation_ablation", "batch_lr_grid", "ssl_pretrain", "ssl_finetune",
-    "covid_ssl_compare", "deep_covid", "chexpert_noisy", "perceptual_testset", "perceptual_agreement"])
-def test_every_flag_has_help_and_default(module):
-    """``python -m cxr_tf.experiments.<module> --help``: a description and the default for every flag."""
-    import subprocess
-    import sys
+MODULES = ["pneumonia_freeze", "freeze_depth", "augmentation_ablation", "batch_lr_grid", "ssl_pretrain",
+           "ssl_finetune", "covid_ssl_compare", "deep_covid", "chexpert_noisy", "perceptual_testset",
+           "perceptual_agreement"]
 
-    res = subprocess.run([sys.executable, "-m", f"cxr_tf.experiments.{module}", "--help"], capture_output=True,
-                         text=True, timeout=300, env={**__import__("os").environ, "COLUMNS": "200"})
-    assert res.returncode == 0, res.stderr[-2000:]
-    options = res.stdout.split("options:", 1)[1]
+
+def _check_help(module: str, text: str) -> None:
+    options = text.split("options:", 1)[1]
     # one entry per flag: "  --flag METAVAR   help text (default: x)" (wrapped lines are indented deeper)
     entries = re.split(r"\n  (?=-)", "\n" + options.strip("\n"))
     flags = [e for e in entries if e.strip().startswith("--")]
@@ -136,7 +131,32 @@ def test_every_flag_has_help_and_default(module):
         head = e.split()[0]
         assert "(default:" in e, f"{module} {head}: no default shown"
         body = re.sub(r"\(default:.*?\)", "", " ".join(e.split()[1:]), flags=re.S)
-        words = [w for w in body.split() if not w.isupper() and w not in ("[BOOL]",)]
+        words = [w for w in body.split() if not w.isupper() and w != "[BOOL]"]
         assert len(words) >= 2, f"{module} {head}: no help text ({e!r})"
-    for flag in ("--max-images", "--fraction") if module not in ("perceptual_testset", "perceptual_agreement") else ():
-        assert flag in options, f"{module}: {flag} missing"
+    if module not in ("perceptual_testset", "perceptual_agreement"):  # the training experiments
+        for flag in ("--max-images", "--fraction"):
+            assert flag in options, f"{module}: {flag} missing"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_flag_has_help_and_default(module, capsys, monkeypatch):
+    """Each experiment's ``main(["--help"])`` (what ``python -m`` runs): a description and
+    the default for every flag."""
+    import importlib
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"cxr_tf.experiments.{module}").main(["--help"])
+    assert e.value.code == 0
+    _check_help(module, capsys.readouterr().out)
+
+
+def test_help_through_python_dash_m():
+    import os
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "cxr_tf.experiments.pneumonia_freeze", "--help"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    _check_help("pneumonia_freeze", res.stdout)
