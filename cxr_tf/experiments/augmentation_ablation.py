@@ -77,7 +77,8 @@ CASES = {
 class AugmentationAblationConfig(PneumoniaFreezeConfig):
     experiment: str = "augmentation_ablation"
     folds: int = opt(5, "patient-level cross-validation folds (every image tested once per case)")
-    val_fraction: float = opt(1 / 9, "share of each fold's training patients held out for validation (1/9: train:val 8:1)")
+    val_fraction: float = opt(1 / 9, "share of each fold's training patients held out for validation (1/9: train:val "
+                              "8:1)")
     cases: str = opt("1,2,3,4,5", "comma list of the seed's cases 1-5 to run (class mix x augmentation)")
     moderate_policy: str = opt("moderate", "augmentation policy used as the cases' 'moderate'")
     strong_policy: str = opt("strong", "augmentation policy used as the cases' 'strong'")

@@ -52,7 +52,8 @@ TABLE_METRICS = ("accuracy", "specificity", "sensitivity", "auc")
 @dataclasses.dataclass
 class CovidCompareConfig(TrainConfig):
     experiment: str = "covid_ssl_compare"
-    data_dir: str | None = opt(os.environ.get("CXR_DATA_DIR"), "data root holding covid_ieee8023/ etc. (default: $CXR_DATA_DIR)")
+    data_dir: str | None = opt(os.environ.get("CXR_DATA_DIR"), "data root holding covid_ieee8023/ etc. (default: "
+                               "$CXR_DATA_DIR)")
     models: str = opt("", "comma list of registry names (empty: the zoo, + unet_cbam_encoder if registered)")
     init: str = opt("", "NAME=PATH[,NAME=PATH] initial weights; ssl:PATH for the SSL encoder (else random init)")
     weights: str = opt("none", "weights for every keras.applications model: none | imagenet")

@@ -58,7 +58,8 @@ MODELS = "resnet18,resnet50,squeezenet,densenet121"
 @dataclasses.dataclass
 class DeepCovidConfig(TrainConfig):
     experiment: str = "deep_covid"
-    data_dir: str | None = opt(os.environ.get("CXR_DATA_DIR"), "data root holding covid_ieee8023/ and kermany224/ (default: $CXR_DATA_DIR)")
+    data_dir: str | None = opt(os.environ.get("CXR_DATA_DIR"), "data root holding covid_ieee8023/ and kermany224/ "
+                               "(default: $CXR_DATA_DIR)")
     models: str = opt(MODELS, "comma list of registry names of the trunks to compare")
     seed: int = 3
     split: str = "6:1:3"  # a large test split, as the paper's (100 COVID / 3,000 non-COVID)
@@ -69,7 +70,8 @@ class DeepCovidConfig(TrainConfig):
     epochs: int = 100
     batch_size: int = 20
     lr: float = 1e-4
-    trunk: str = opt("pretrain", "trunk weights: pretrain (on Kermany first) | imagenet | none | DIR with <backbone>.keras")
+    trunk: str = opt("pretrain", "trunk weights: pretrain (on Kermany first) | imagenet | none | DIR with "
+                     "<backbone>.keras")
     pretrain_images: int = opt(2000, "Kermany images for --trunk pretrain")
     pretrain_epochs: int = opt(3, "epochs of --trunk pretrain")
     pretrain_lr: float = opt(1e-3, "learning rate of --trunk pretrain")

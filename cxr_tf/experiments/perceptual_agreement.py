@@ -55,7 +55,8 @@ class PerceptualAgreementConfig:
     proxy_raters: int = opt(5, "number of simulated raters for proxy judgments")
     proxy_noise: float = opt(0.15, "std of a proxy rater's perceived severity")
     proxy_same_threshold: float = opt(0.1, "JND: perceived severity below this counts as 'same'")
-    classifiers: str = opt("random:tiny_cnn", "comma list: random:BACKBONE | model.keras | pneumonia_freeze run folder")
+    classifiers: str = opt("random:tiny_cnn", "comma list: random:BACKBONE | model.keras | pneumonia_freeze run "
+                           "folder")
     classifier_names: str = opt("", "optional comma list of table labels, same order as --classifiers")
     image_size: int = opt(64, "input size for random:BACKBONE classifiers")
     lin: bool = opt(True, "also score learned-linear-weight (LPIPS 'lin') variants")

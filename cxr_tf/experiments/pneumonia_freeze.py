@@ -51,9 +51,12 @@ DEMO_OVERRIDES = {"image_size": 64, "epochs": 5, "batch_size": 16, "early_stoppi
 @dataclasses.dataclass
 class PneumoniaFreezeConfig(TrainConfig):
     experiment: str = "pneumonia_freeze"
-    classes: str = opt("3class", "Kermany/synthetic task: 3class (bacterial/viral/normal) | pneumonia (normal/pneumonia) (a CSV manifest: its labels unless --classes is given; class folders: their names)")
+    classes: str = opt("3class", "Kermany/synthetic task: 3class (bacterial/viral/normal) | pneumonia "
+                       "(normal/pneumonia) (a CSV manifest: its labels unless --classes is given; class folders: "
+                       "their names)")
     backbone: str = opt("resnet50", "model registry name (resnet50, resnet18, densenet121, tiny_cnn, ...)")
-    freeze_until: int = opt(144, "freeze backbone layers before this keras.applications index (144 = conv5_block1_1_bn; 0: train all)")
+    freeze_until: int = opt(144, "freeze backbone layers before this keras.applications index (144 = "
+                            "conv5_block1_1_bn; 0: train all)")
     head: str = opt("fc256-128", "classifier head: gap | fc256-128 (GAP-Dense(256)-Dense(128), the seed's extra FC)")
     dropout: float = opt(0.0, "dropout before the output layer")
     weights: str = opt("none", "backbone weights: none | imagenet | path to a weights file")

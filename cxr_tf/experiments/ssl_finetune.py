@@ -40,7 +40,8 @@ from cxr_tf.training.config import TrainConfig, opt, parse_config
 @dataclasses.dataclass
 class SSLFinetuneConfig(TrainConfig):
     experiment: str = "ssl_finetune"
-    classes: str = opt("pneumonia", "Kermany/synthetic task: pneumonia (normal/pneumonia) | 3class (a CSV manifest: its labels unless --classes is given; class folders: their names)")
+    classes: str = opt("pneumonia", "Kermany/synthetic task: pneumonia (normal/pneumonia) | 3class (a CSV manifest: "
+                       "its labels unless --classes is given; class folders: their names)")
     init: str = opt("", "SSL encoder to fine-tune, ssl:<ssl_pretrain run folder> (required unless --smoke)")
     arms: str = opt("ssl,scratch", "comma list of arms: ssl (SSL-initialised) and/or scratch (random init)")
     fractions: str = opt("0.01,0.1,1.0", "comma list of shares of the training patients whose labels are used")

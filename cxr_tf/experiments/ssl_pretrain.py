@@ -49,7 +49,8 @@ NORMALISATION = "per-image min-max to [0, 1] (cxr_tf.data.preprocess.scale_per_i
 @dataclasses.dataclass
 class SSLPretrainConfig(TrainConfig):
     experiment: str = "ssl_pretrain"
-    sources: str = opt("auto", "auto | comma list of paths (relative to $CXR_DATA_DIR), each optionally suffixed @train")
+    sources: str = opt("auto", "auto | comma list of paths (relative to $CXR_DATA_DIR), each optionally suffixed "
+                       "@train")
     classes: str = opt("pneumonia", "class view used only to reproduce the downstream split for @train sources")
     max_images: int = opt(0, "subsample the unlabelled pool to at most N images (0: all)")
     fraction: float = opt(0.0, "subsample the unlabelled pool to about this share (0-1] of its images (0: all)")
