@@ -341,8 +341,12 @@ def is_kermany_layout(path: str | os.PathLike) -> bool:
     if not p.is_dir():
         return False
     for d in [p, *(c for c in p.rglob("*") if c.is_dir())]:
-        if d.name.lower() in ("train", "test", "val") and (d / "NORMAL").is_dir() and (d / "PNEUMONIA").is_dir():
-            return True
+        if d.name.lower() in ("train", "test", "val"):
+            # exact names from the listing: a case-insensitive file system would let
+            # (d / "NORMAL").is_dir() match a user's own normal/ folder
+            subdirs = {c.name for c in d.iterdir() if c.is_dir()}
+            if {"NORMAL", "PNEUMONIA"} <= subdirs:
+                return True
     return False
 
 
