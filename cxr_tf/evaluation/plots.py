@@ -355,16 +355,18 @@ def plot_probability_histograms(y_true, y_prob, class_names, path, title: str | 
     nrows = math.ceil(len(classes) / ncols)
     fig = _new_figure(4.8 * ncols, 3.6 * nrows)
     in_unit = prob.min() >= 0 and prob.max() <= 1
-    bins = np.linspace(0, 1, 26) if in_unit else 25
     for i, k in enumerate(classes):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         s = prob[:, k]
-        # step outlines in two distinct colours: overlapping filled bars blend into a third colour
+        lo, hi = float(s.min()), float(s.max())
+        # bins over [0, 1]; over the data's own range when it is narrow (an undertrained model's
+        # 0.48-0.52 would otherwise fall into one bin)
+        bins = np.linspace(0, 1, 21) if in_unit and hi - lo > 0.2 else np.linspace(lo, hi + 1e-9, 21)
+        # side-by-side bars in two distinct colours: overlapping filled bars blend into a third
+        # colour, and identical outlines hide each other
         other = names[0] if len(names) == 2 else "other classes"
-        ax.hist(s[y == k], bins=bins, histtype="step", lw=2, color="tab:orange",
-                label=f"true {names[k]} (n={int((y == k).sum())})")
-        ax.hist(s[y != k], bins=bins, histtype="step", lw=2, ls="--", color="tab:blue",
-                label=f"true {other} (n={int((y != k).sum())})")
+        ax.hist([s[y == k], s[y != k]], bins=bins, histtype="bar", color=["tab:orange", "tab:blue"],
+                label=[f"true {names[k]} (n={int((y == k).sum())})", f"true {other} (n={int((y != k).sum())})"])
         if threshold is not None and len(names) == 2:
             ax.axvline(threshold, c="black", ls=":", lw=1.2, label=f"threshold {threshold:.3g}")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no half images
