@@ -160,3 +160,23 @@ def test_help_through_python_dash_m():
                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0, res.stderr[-2000:]
     _check_help("pneumonia_freeze", res.stdout)
+
+
+def test_tensorboard_test_confusion_matrix_names_its_weights_epoch(tmp_path, monkeypatch):
+    import cxr_tf.evaluation as ev
+    from cxr_tf.experiments import common
+    from cxr_tf.training.run import RunDir
+
+    titles = []
+    real = ev.confusion_matrix_image
+    monkeypatch.setattr(ev, "confusion_matrix_image", lambda *a, **k: (titles.append(k["title"]), real(*a, **k))[1])
+    run = RunDir(tmp_path / "run")
+    metrics = {"confusion_matrix": [[3, 1], [0, 4]], "accuracy": 0.875}
+    common.write_tensorboard_summaries(run, metrics, ["normal", "pneumonia"], step=5, weights_epoch=3)
+    assert titles == ["test, weights of epoch 3 (best val_auc)"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run.tensorboard / "test"), size_guidance={"tensors": 0})
+    acc.Reload()
+    # logged at that epoch's step (Keras logs epoch k at step k - 1), beside its validation curves
+    assert [e.step for e in acc.Tensors("confusion_matrix")] == [2]
