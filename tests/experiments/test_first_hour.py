@@ -180,3 +180,19 @@ def test_tensorboard_test_confusion_matrix_names_its_weights_epoch(tmp_path, mon
     acc.Reload()
     # logged at that epoch's step (Keras logs epoch k at step k - 1), beside its validation curves
     assert [e.step for e in acc.Tensors("confusion_matrix")] == [2]
+
+
+def test_manifest_classes_only_forced_by_an_explicit_classes_flag(tmp_path):
+    from cxr_tf.errors import CXRDatasetError
+    from cxr_tf.experiments import common
+
+    (tmp_path / "img").mkdir()
+    pd.DataFrame({"path": [f"img/{i}.png" for i in range(4)], "label": ["normal", "pneumonia"] * 2,
+                  "patient_id": list("abcd")}).to_csv(tmp_path / "m.csv", index=False)
+    cfg = pneumonia_freeze.parse(["--data-dir", str(tmp_path / "m.csv")])  # default --classes 3class
+    assert common.load_experiment_data(cfg, cfg.classes).class_names == ["normal", "pneumonia"]
+    cfg = pneumonia_freeze.parse(["--data-dir", str(tmp_path / "m.csv"), "--classes", "pneumonia"])
+    assert common.load_experiment_data(cfg, cfg.classes).class_names == ["normal", "pneumonia"]
+    cfg = pneumonia_freeze.parse(["--data-dir", str(tmp_path / "m.csv"), "--classes", "3class"])
+    with pytest.raises(CXRDatasetError, match=r"unknown labels \['pneumonia'\].*drop --classes"):
+        common.load_experiment_data(cfg, cfg.classes)
