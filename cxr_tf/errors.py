@@ -91,19 +91,33 @@ def require_optional(module: str, extra: str, purpose: str, pip_name: str | None
                              + (f" (or pip install {pip_name})" if pip_name else "")) from None
 
 
+#: Called (no arguments) when a command's body fails, before the error is reported.
+#: Layers above register here (e.g. the run folder removes a folder in which nothing was
+#: trained), so this module imports none of them.
+FAILURE_HOOKS: list = []
+
+
 def run_main(fn, *args, **kwargs) -> int:
     """Run a command's body: the project's errors become one line on stderr and exit code 2.
 
     A user sees ``cxr_tf: error: <file>: <cause>``, never a traceback from deep inside
-    TensorFlow; anything else is a bug and keeps its traceback.
+    TensorFlow; anything else is a bug and keeps its traceback. On any failure the
+    :data:`FAILURE_HOOKS` run first.
     """
     import sys
 
     try:
         fn(*args, **kwargs)
-    except CXRError as e:
-        print(f"cxr_tf: error: {e}", file=sys.stderr)
-        return 2
+    except BaseException as e:
+        for hook in list(FAILURE_HOOKS):
+            try:
+                hook()
+            except Exception as h:  # a clean-up problem must not hide the real error
+                print(f"cxr_tf: warning: clean-up after the failure failed: {h}", file=sys.stderr)
+        if isinstance(e, CXRError):
+            print(f"cxr_tf: error: {e}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

@@ -13,8 +13,11 @@ def pngs(tmp_path):
     return [str(p) for p in ds.items]
 
 
-def _tiles(path, size):
-    grid = tf.io.decode_png(open(path, "rb").read()).numpy()[..., 0].astype(float)
+def _tiles(path, size, header=14):
+    """The grid below its column-label strip, cut into tiles."""
+    full = tf.io.decode_png(open(path, "rb").read()).numpy()[..., 0].astype(float)
+    labels, grid = full[:header], full[header:]
+    assert labels.max() > 128 and labels.min() < 64  # white text on black: the columns are labelled
     rows, cols = grid.shape[0] // size, grid.shape[1] // size
     return grid, [[grid[r * size:(r + 1) * size, c * size:(c + 1) * size] for c in range(cols)] for r in range(rows)]
 

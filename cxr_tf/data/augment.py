@@ -334,8 +334,28 @@ def apply_policy_with_labels(images: tf.Tensor, labels: tf.Tensor, policy: Augme
     return images, labels
 
 
+def _column_header(labels: list[str], tile: int) -> np.ndarray:
+    """A uint8 strip, one ``tile`` wide cell per label, the label's text centred in it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    h = max(14, tile // 6)
+    fig = Figure(figsize=(tile * len(labels) / 100, h / 100), dpi=100, facecolor="black")
+    FigureCanvasAgg(fig)
+    # points = pixels * 72 / dpi; the longest label fits its cell
+    size = min(0.7 * h, 1.6 * tile / max(len(s) for s in labels)) * 72 / 100
+    for i, s in enumerate(labels):
+        fig.text((i + 0.5) / len(labels), 0.5, s, ha="center", va="center", color="white", fontsize=size)
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return rgba[..., 0].copy()
+
+
 def augmentation_grid(images: np.ndarray, policy: AugmentPolicy | str, path: str, n_aug: int = 5, seed: int = 0) -> str:
     """Write a PNG grid: each row one image, first column original, then ``n_aug`` draws.
+
+    A header strip above the tiles labels the columns (``original``, ``draw 1`` ...);
+    the tiles below it are the pixels themselves.
 
     The same ``seed`` writes the same grid. With MixUp / CutMix each draw shows what the
     policy did to the row's image in a batch with the other images (mixed with, or
@@ -361,5 +381,7 @@ def augmentation_grid(images: np.ndarray, policy: AugmentPolicy | str, path: str
             aug = apply_policy(batch, policy, tf.constant([seed, i], tf.int64)).numpy()
         rows.append(np.concatenate([img] + list(aug), axis=1))
     grid = (np.concatenate(rows, axis=0)[..., 0] * 255).round().astype(np.uint8)
+    header = _column_header(["original"] + [f"draw {k + 1}" for k in range(n_aug)], images.shape[2])
+    grid = np.concatenate([header[:, : grid.shape[1]], grid], axis=0)
     tf.io.write_file(path, tf.io.encode_png(grid[..., None]))
     return path

@@ -12,7 +12,9 @@ from cxr_tf.datasets.sources import (
     FORMATS,
     KERMANY_3CLASS,
     KERMANY_PNEUMONIA,
+    describe_format,
     detect_format,
+    is_kermany_layout,
     kermany_patient_id,
     load_csv_manifest,
     load_dataset,
@@ -26,6 +28,7 @@ from cxr_tf.datasets.splits import (
     kfold_with_validation,
     load_splits,
     patient_split,
+    patient_subset,
     save_splits,
     split_summary,
 )

@@ -6,6 +6,7 @@ does, and :func:`cxr_tf.io.validate_images` checks files up front).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -17,6 +18,8 @@ import pandas as pd
 
 from cxr_tf.datasets.contract import CXRDataset
 from cxr_tf.errors import CXRDatasetError
+
+_log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".npy", ".dcm", ".dicom")
 
@@ -160,6 +163,7 @@ def load_kermany(
     labels[np.arange(len(meta)), meta["label"].map(names.index).to_numpy()] = 1.0
     ds = CXRDataset(meta["item"].tolist(), labels, names, meta, name="kermany")
     ds.skipped = skipped
+    ds.patients_from = "Kermany file names (personN_..., IM-XXXX-..., NORMAL2-IM-XXXX-...)"
     return ds
 
 
@@ -216,7 +220,9 @@ def load_medmnist(
         )
     )
     meta["source"] = "medmnist"
-    return CXRDataset(x, onehot, list(class_names), meta, name=stem, multilabel=y.shape[1] > 1)
+    ds = CXRDataset(x, onehot, list(class_names), meta, name=stem, multilabel=y.shape[1] > 1)
+    ds.patients_from = "none published by MedMNIST: each image is its own patient"
+    return ds
 
 
 def load_folder(
@@ -231,11 +237,13 @@ def load_folder(
         root: the folder.
         class_names: the classes to use, in order (default: sorted sub-folders).
         patient_regex: a regex whose first group extracts the patient id from the file
-            name. Without it each image is its own patient (a warning says so,
+            name. Without it each image is its own patient (logged with the manifest hint,
             because a patient with several images could then leak across splits).
         on_error: kept for a uniform loader signature: unreadable entries (broken
             links, loops, folders named like images) are named by validation, which
             skips or raises per ``--on-error``.
+
+    ``ds.patients_from`` says how patient ids were found (the experiments print it).
     """
     root = Path(root)
     if not root.is_dir():
@@ -260,14 +268,22 @@ def load_folder(
     if not rows:
         raise CXRDatasetError(root, "no images found in the class folders")
     if rx is None:
-        warnings.warn(f"{root}: no patient ids; each image is treated as its own patient", stacklevel=2)
+        _log.warning(own_patient_hint(root, len(rows)))
     meta = pd.DataFrame(rows)
     meta["source"] = root.name
     labels = np.zeros((len(meta), len(names)), np.float32)
     labels[np.arange(len(meta)), meta["label_index"].to_numpy()] = 1.0
     ds = CXRDataset(meta["item"].tolist(), labels, names, meta, name=root.name)
     ds.skipped = []
+    ds.patients_from = (f"file name regex {patient_regex!r}" if rx else "none given: each image is its own patient")
     return ds
+
+
+def own_patient_hint(source, n: int) -> str:
+    """The one line printed when a layout carries no patient ids."""
+    return (f"{source}: no patient ids, so each of the {n} images is its own patient and one patient's images "
+            "can land in both training and test; for a patient-level split give a CSV manifest with columns "
+            "path,label,patient_id (--data-dir manifest.csv)")
 
 
 def load_csv_manifest(
@@ -284,7 +300,9 @@ def load_csv_manifest(
     Paths are relative to ``image_root`` (default: the CSV's folder) and may not
     escape it (a ``..`` path is an error naming the row; a symbolic link out of it is
     one item's error, raised or, with ``on_error="skip"``, listed in ``ds.skipped``).
-    Labels outside ``class_names`` are an error naming the rows.
+    The classes are the manifest's labels (sorted) unless ``class_names`` is given; then
+    other labels are an error naming the rows. The dataset is named after the CSV file
+    (its folder often holds several manifests).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -324,7 +342,8 @@ def load_csv_manifest(
     unknown = ~labels_str.isin(names)
     if unknown.any():
         vals = sorted(labels_str[unknown].unique())[:5]
-        raise CXRDatasetError(csv_path, f"unknown labels {vals} in rows {rows(unknown)} (classes: {names})")
+        raise CXRDatasetError(csv_path, f"unknown labels {vals} in rows {rows(unknown)} (classes: {names}); "
+                                        "fix the labels, or leave the classes to the manifest (drop --classes)")
     items = []
     for i, rel in enumerate(df[path_column]):
         if "\x00" in rel:
@@ -337,7 +356,7 @@ def load_csv_manifest(
             raise CXRDatasetError(csv_path, f"row {i + 2}: path {rel!r} escapes the data root {root}")
         items.append(str(p))
     if patient_column is None:
-        warnings.warn(f"{csv_path}: no patient column; each image is treated as its own patient", stacklevel=2)
+        _log.warning(own_patient_hint(csv_path, len(df)))
         pids = [f"img-{i}" for i in range(len(df))]
     else:
         if blank(patient_column).any():  # "nan" would silently merge them into one patient
@@ -351,12 +370,14 @@ def load_csv_manifest(
     labels = np.zeros((len(df), len(names)), np.float32)
     labels[np.arange(len(df)), labels_str.map(names.index).to_numpy()] = 1.0
     keep, skipped = _check_links(items, root_abs, on_error)
-    ds = CXRDataset(items, labels, names, meta, name=csv_path.parent.name)
+    ds = CXRDataset(items, labels, names, meta, name=csv_path.stem)
     if not all(keep):
         ds = ds.subset(np.asarray(keep, dtype=bool))
         if len(ds) == 0:
             raise CXRDatasetError(csv_path, "no usable rows: every path is a link out of the data root")
     ds.skipped = skipped
+    ds.patients_from = (f"manifest column {patient_column!r}" if patient_column
+                        else "no patient column: each image is its own patient")
     return ds
 
 
@@ -368,6 +389,27 @@ FORMATS: dict[str, Callable[..., CXRDataset]] = {
 }
 
 
+def is_kermany_layout(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is Kermany's published ``chest_xray`` layout.
+
+    That is ``NORMAL/`` and ``PNEUMONIA/`` (upper case, as published) side by side inside a
+    ``train``/``test``/``val`` folder (``path`` itself or below it). File names are not
+    looked at: a folder per class whose files merely carry Kermany names is the user's own
+    class-folder set, and reading it as Kermany would change its task to 3 classes.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    for d in [p, *(c for c in p.rglob("*") if c.is_dir())]:
+        if d.name.lower() in ("train", "test", "val"):
+            # exact names from the listing: a case-insensitive file system would let
+            # (d / "NORMAL").is_dir() match a user's own normal/ folder
+            subdirs = {c.name for c in d.iterdir() if c.is_dir()}
+            if {"NORMAL", "PNEUMONIA"} <= subdirs:
+                return True
+    return False
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """Guess the layout of ``path``: npz file/folder, CSV, Kermany or folder-per-class."""
     p = Path(path)
@@ -376,12 +418,23 @@ def detect_format(path: str | os.PathLike) -> str:
     if p.suffix == ".csv":
         return "csv"
     if p.is_dir():
-        # Kermany: a PNEUMONIA folder with a NORMAL sibling (a folder-per-class set may have normal/ alone)
-        if any(d.name.upper() == "PNEUMONIA" and any(s.name.upper() == "NORMAL" for s in d.parent.iterdir())
-               for d in p.rglob("*") if d.is_dir()):
-            return "kermany"
-        return "folder"
+        return "kermany" if is_kermany_layout(p) else "folder"
     raise CXRDatasetError(p, "cannot tell the dataset format; pass --format kermany|folder|npz|csv")
+
+
+def describe_format(path: str | os.PathLike, fmt: str) -> str:
+    """One line saying what layout ``path`` was read as and why (printed by the runs)."""
+    p = Path(path)
+    if fmt == "kermany":
+        return "Kermany chest_xray layout (train/test/val folders with NORMAL/ and PNEUMONIA/)"
+    if fmt == "folder" and p.is_dir():
+        subdirs = sorted(d.name for d in p.iterdir() if d.is_dir())
+        return f"one folder per class, classes from the folder names {subdirs}"
+    if fmt == "csv":
+        return "CSV manifest (path, label, patient columns)"
+    if fmt == "npz":
+        return "MedMNIST .npz arrays"
+    return fmt
 
 
 def load_dataset(path: str | os.PathLike, format: str = "auto", **kwargs) -> CXRDataset:

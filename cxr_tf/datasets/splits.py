@@ -75,6 +75,42 @@ def patient_split(
     return split
 
 
+def patient_subset(ds: CXRDataset, max_images: int = 0, fraction: float = 0.0, seed: int = 0) -> CXRDataset:
+    """A smaller dataset for a quick run: whole patients, stratified by class.
+
+    Patients are drawn like :func:`patient_split` draws them (sklearn
+    ``train_test_split`` over patients, stratified by each patient's class), so a subset
+    never cuts a patient in half and keeps the class mix. ``fraction`` keeps about that
+    share of the images; ``max_images`` caps the count (patients are dropped from the
+    end of the seeded draw until it fits). 0 for either means no limit.
+
+    Args:
+        ds: the dataset.
+        max_images: at most this many images (0: no cap).
+        fraction: about this share of the images, in (0, 1] (0: all).
+        seed: the draw's seed (the run's ``--seed``, so the subset is reproducible).
+    """
+    if max_images < 0:
+        raise CXRConfigError(f"--max-images must be >= 0; got {max_images}")
+    if not 0 <= fraction <= 1:
+        raise CXRConfigError(f"--fraction must be in (0, 1]; got {fraction}")
+    target = len(ds) * (fraction or 1.0)
+    if max_images:
+        target = min(target, max_images)
+    if target >= len(ds):
+        return ds
+    patients, strata = _patient_strata(ds)
+    n_keep = int(np.clip(round(target / len(ds) * len(patients)), 1, len(patients) - 1))
+    keep, _ = train_test_split(patients, train_size=n_keep, random_state=seed,
+                               stratify=_stratify_or_none(strata, min(n_keep, len(patients) - n_keep)))
+    if max_images:  # patients differ in image counts: cut the (shuffled) draw where it fits
+        per_patient = pd.Series(ds.patient_ids).value_counts()
+        keep = keep[np.cumsum(per_patient[keep].to_numpy()) <= max_images]
+        if not len(keep):
+            raise CXRConfigError(f"--max-images {max_images} is smaller than one patient's images")
+    return ds.subset(np.isin(ds.patient_ids, keep))
+
+
 def kfold_patient_splits(ds: CXRDataset, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """k patient-disjoint folds, stratified by class: ``[(train_idx, val_idx), ...]``.
 

@@ -546,8 +546,8 @@ def write_synthetic_folder(
     Files are ``root/<class>/<patient>_<k>.png`` plus ``root/labels.csv`` with columns
     ``path`` (relative to ``root``), ``label`` and ``patient``, so both the folder
     loader (patient regex ``^(.+)_\\d+$`` on the stem) and the CSV-manifest loader
-    can read it. Note that a class folder called ``normal`` makes auto-detection
-    guess the Kermany layout: load it with an explicit format.
+    can read it (auto-detection reads it as class folders: Kermany's layout needs
+    ``train/``, ``test/`` or ``val/`` folders holding ``NORMAL/`` and ``PNEUMONIA/``).
 
     Args:
         root: output folder (created; existing files with the same names are replaced).

@@ -18,6 +18,7 @@ from .plots import (
     plot_pr,
     plot_probability_histograms,
     plot_roc,
+    best_epoch,
     plot_training_curves,
 )
 from .report import evaluate_predictions, fmt_ci, write_metrics_json, write_report
@@ -37,6 +38,7 @@ __all__ = [
     "plot_pr",
     "plot_probability_histograms",
     "plot_roc",
+    "best_epoch",
     "plot_training_curves",
     "proportion_stat",
     "threshold_sweep",

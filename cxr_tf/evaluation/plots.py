@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as _sk_auc
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
@@ -113,18 +114,21 @@ def plot_pr(y_true, y_prob=None, class_names=None, path=None, title: str | None 
     curves = _binary_curves(y_true, y_prob, class_names)
     fig = _new_figure(6, 5.5)
     ax = fig.add_subplot(1, 1, 1)
-    prevalences = set()
+    prevalences = {}
     for label, yb, s in curves:
         if not yb.any():
             ax.plot([], [], label=f"{label} (AP n/a: no positives)")
             continue
         prec, rec, _ = precision_recall_curve(yb, s)
         ap = average_precision_score(yb, s)
-        ax.plot(rec, prec, lw=1.8, drawstyle="steps-post", label=f"{label} (AP = {ap:.3f})")
-        prevalences.add(round(float(yb.mean()), 6))
-    if len(prevalences) == 1:  # one binary task (one class or several models on it)
-        prev = prevalences.pop()
+        line, = ax.plot(rec, prec, lw=1.8, drawstyle="steps-post", label=f"{label} (AP = {ap:.3f})")
+        prevalences[label] = (round(float(yb.mean()), 6), line.get_color())
+    if len({p for p, _ in prevalences.values()}) == 1:  # one binary task (one class or several models on it)
+        prev = next(iter(prevalences.values()))[0]
         ax.axhline(prev, ls=":", lw=1, c="grey", label=f"prevalence = {prev:.3f} (chance)")
+    else:  # one-vs-rest per class: each curve's chance level is its own class's prevalence
+        for label, (prev, color) in prevalences.items():
+            ax.axhline(prev, ls=":", lw=1, c=color, label=f"{label} prevalence = {prev:.3f} (chance)")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall (sensitivity)", ylabel="Precision",
            title=title or "Precision-recall curves")
     ax.grid(alpha=0.3)
@@ -238,23 +242,44 @@ def _history_frame(history) -> pd.DataFrame:
     return df
 
 
-def plot_training_curves(history_csv_or_dict, path, title: str | None = None) -> str:
+def best_epoch(history, monitor: str = "val_auc", mode: str = "max") -> int | None:
+    """The 1-based epoch whose weights the best checkpoint holds (``ModelCheckpoint`` with
+    ``save_best_only``: the first epoch reaching the best ``monitor``); None without it."""
+    df = _history_frame(history)
+    if monitor not in df or df[monitor].isna().all():
+        return None
+    vals = df[monitor].to_numpy()
+    i = int(np.nanargmax(vals) if mode == "max" else np.nanargmin(vals))
+    return int(_epochs(df)[i])
+
+
+def _epochs(df: pd.DataFrame) -> np.ndarray:
+    """1-based epoch numbers, as Keras prints them ("Epoch 1/5"); CSVLogger counts from 0."""
+    return df["epoch"].to_numpy() + 1 if "epoch" in df else np.arange(1, len(df) + 1)
+
+
+def plot_training_curves(history_csv_or_dict, path, title: str | None = None, monitor: str = "val_auc",
+                         mode: str = "max") -> str:
     """Per-epoch train vs validation curves, one panel per metric.
 
     Works with whatever columns exist (Keras CSVLogger CSV, ``History.history`` dict,
-    ``History`` object or DataFrame): ``x`` and ``val_x`` share a panel, loss first;
-    a learning-rate column (``learning_rate``/``lr``) gets a log-scale panel.
+    ``History`` object or DataFrame): ``x`` and ``val_x`` share a panel, loss first.
+    Epochs are numbered from 1 with integer ticks, as the console prints them; the
+    epoch the best checkpoint comes from (best ``monitor``) is marked on every panel. A
+    learning-rate column (``learning_rate``/``lr``) gets a log-scale panel only when it
+    changes; a constant rate is named in the title instead.
 
     Args:
         history_csv_or_dict: CSV path, dict of lists, DataFrame or History object.
         path: output PNG path.
         title: figure title.
+        monitor, mode: what the best checkpoint was chosen by (``val_auc``, ``max``).
 
     Returns:
         ``path``.
     """
     df = _history_frame(history_csv_or_dict)
-    x = df["epoch"].to_numpy() if "epoch" in df else np.arange(len(df))
+    x = _epochs(df)
     metrics: list[str] = []
     for col in df.columns:
         if col == "epoch" or col in _LR_COLUMNS:
@@ -264,10 +289,17 @@ def plot_training_curves(history_csv_or_dict, path, title: str | None = None) ->
             metrics.append(base)
     metrics.sort(key=lambda m: m != "loss")  # stable: loss first, rest in CSV order
     lr_col = next((c for c in _LR_COLUMNS if c in df), None)
+    lr_note = ""
+    if lr_col:
+        lr = df[lr_col].dropna().to_numpy()
+        if len(lr) and np.allclose(lr, lr[0], rtol=1e-6, atol=0):
+            lr_note, lr_col = f"learning rate {lr[0]:.3g} (constant)", None
     panels = metrics + ([lr_col] if lr_col else [])
-    ncols = min(3, len(panels))
+    # as many columns as fill the rows: no blank cells (4 panels: 2x2, not 3 + 1)
+    ncols = 1 if len(panels) == 1 else 2 if len(panels) in (2, 4) else 3
     nrows = math.ceil(len(panels) / ncols)
-    fig = _new_figure(4.8 * ncols, 3.6 * nrows)
+    fig = _new_figure(4.8 * ncols, 3.6 * nrows + 0.5, layout="constrained")
+    best = best_epoch(df, monitor, mode)
     for i, name in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         if name == lr_col:
@@ -276,15 +308,22 @@ def plot_training_curves(history_csv_or_dict, path, title: str | None = None) ->
                 ax.set_yscale("log")
             ax.set(title="learning rate", xlabel="epoch")
         else:
-            for col, style, label in ((name, "-", "train"), (f"val_{name}", "--", "val")):
+            for col, style, label in ((name, "-", "train"), (f"val_{name}", "--", "validation")):
                 if col in df:
                     ok = df[col].notna().to_numpy()
                     ax.plot(x[ok], df[col].to_numpy()[ok], ls=style, marker=".", label=label)
             ax.set(title=name, xlabel="epoch")
-            ax.legend(fontsize="small")
+        if best is not None:
+            ax.axvline(best, c="tab:red", ls=":", lw=1.2, label=f"best checkpoint (epoch {best}, {monitor})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(x.min() - 0.3, x.max() + 0.3)
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
+    # one legend below the panels (every panel draws the same series), none over the data
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize="small")
+    sup = "; ".join(t for t in (title, lr_note) if t)
+    if sup:
+        fig.suptitle(sup)
     return _save(fig, path)
 
 
@@ -316,15 +355,22 @@ def plot_probability_histograms(y_true, y_prob, class_names, path, title: str | 
     nrows = math.ceil(len(classes) / ncols)
     fig = _new_figure(4.8 * ncols, 3.6 * nrows)
     in_unit = prob.min() >= 0 and prob.max() <= 1
-    bins = np.linspace(0, 1, 26) if in_unit else 25
     for i, k in enumerate(classes):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         s = prob[:, k]
-        ax.hist(s[y == k], bins=bins, alpha=0.6, color="tab:red", label=f"true {names[k]} (n={int((y == k).sum())})")
-        ax.hist(s[y != k], bins=bins, alpha=0.6, color="tab:blue", label=f"other (n={int((y != k).sum())})")
+        lo, hi = float(s.min()), float(s.max())
+        # bins over [0, 1]; over the data's own range when it is narrow (an undertrained model's
+        # 0.48-0.52 would otherwise fall into one bin)
+        bins = np.linspace(0, 1, 21) if in_unit and hi - lo > 0.2 else np.linspace(lo, hi + 1e-9, 21)
+        # side-by-side bars in two distinct colours: overlapping filled bars blend into a third
+        # colour, and identical outlines hide each other
+        other = names[0] if len(names) == 2 else "other classes"
+        ax.hist([s[y == k], s[y != k]], bins=bins, histtype="bar", color=["tab:orange", "tab:blue"],
+                label=[f"true {names[k]} (n={int((y == k).sum())})", f"true {other} (n={int((y != k).sum())})"])
         if threshold is not None and len(names) == 2:
-            ax.axvline(threshold, c="black", ls="--", lw=1, label=f"threshold {threshold:g}")
-        ax.set(xlabel=f"P({names[k]})", ylabel="count", title=names[k])
+            ax.axvline(threshold, c="black", ls=":", lw=1.2, label=f"threshold {threshold:.3g}")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no half images
+        ax.set(xlabel=f"P({names[k]})", ylabel="images", title=names[k])
         ax.legend(fontsize="small")
     fig.suptitle(title or "Predicted probability by true class")
     return _save(fig, path)

@@ -124,6 +124,20 @@ def _multilabel_sections(m: Mapping) -> list[str]:
     ]
 
 
+def report_link(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """``path`` as a link relative to ``run_dir`` (where report.md lives).
+
+    A relative ``path`` that exists under ``run_dir`` is taken as already relative to it;
+    otherwise it is relative to the working directory (``runs/x/plots/roc.png``).
+    """
+    p, run_dir = os.fspath(path), os.fspath(run_dir)
+    if not os.path.isabs(p) and os.path.exists(os.path.join(run_dir, p)):
+        rel = p
+    else:
+        rel = os.path.relpath(os.path.abspath(p), os.path.abspath(run_dir))
+    return rel.replace(os.sep, "/")
+
+
 def write_report(
     run_dir,
     metrics: Mapping,
@@ -141,8 +155,9 @@ def write_report(
         title: report heading.
         config: run configuration, shown flattened as a key/value table.
         extra_sections: {heading: markdown body} appended after the metrics.
-        plots: image paths (absolute or relative to ``run_dir``), embedded with
-            links relative to ``run_dir``.
+        plots: image paths (inside ``run_dir``, or relative to the working directory),
+            embedded with links relative to ``run_dir`` so they resolve from the report
+            itself in any Markdown viewer, wherever the run folder is moved.
 
     Returns:
         Path of the written report.md.
@@ -170,9 +185,7 @@ def write_report(
     if plots:
         lines = ["## Plots"]
         for p in plots:
-            p = os.fspath(p)
-            rel = os.path.relpath(p, run_dir) if os.path.isabs(p) else p
-            rel = rel.replace(os.sep, "/")
+            rel = report_link(p, run_dir)
             stem = os.path.splitext(os.path.basename(rel))[0].replace("_", " ")
             lines.append(f"### {stem}\n\n[{rel}]({rel})\n\n![{stem}]({rel})")
         parts.append("\n\n".join(lines))

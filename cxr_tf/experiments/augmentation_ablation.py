@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.experiments.pneumonia_freeze import PneumoniaFreezeConfig
-from cxr_tf.training.config import parse_config
+from cxr_tf.training.config import opt, parse_config
 
 CASES = {
     1: ("none", "none"),
@@ -76,13 +76,13 @@ CASES = {
 @dataclasses.dataclass
 class AugmentationAblationConfig(PneumoniaFreezeConfig):
     experiment: str = "augmentation_ablation"
-    folds: int = 5
-    val_fraction: float = 1 / 9  # train:val 8:1 inside each fold
-    cases: str = "1,2,3,4,5"
-    moderate_policy: str = "moderate"
-    strong_policy: str = "strong"
-    max_images: int = 0  # >0: a patient-level, class-stratified subset of this many images
-    n_boot: int = 200
+    folds: int = opt(5, "patient-level cross-validation folds (every image tested once per case)")
+    val_fraction: float = opt(1 / 9, "share of each fold's training patients held out for validation (1/9: train:val "
+                              "8:1)")
+    cases: str = opt("1,2,3,4,5", "comma list of the seed's cases 1-5 to run (class mix x augmentation)")
+    moderate_policy: str = opt("moderate", "augmentation policy used as the cases' 'moderate'")
+    strong_policy: str = opt("strong", "augmentation policy used as the cases' 'strong'")
+    n_boot: int = opt(200, "bootstrap resamples for confidence intervals")
     export: bool = False
 
     def apply_smoke(self) -> None:
@@ -197,7 +197,7 @@ def _markdown(cfg, summary: pd.DataFrame, tests: pd.DataFrame, wall: float, n: d
             f"{cfg.image_size} px, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}. "
             f"Mean ± std over folds of the held-out fold's metrics.\n\n" + "\n".join(lines)
             + "\n\nPaired tests across folds (same folds for every case):\n\n" + "\n".join(t)
-            + f"\n\nWall time: {wall:.0f} s. Plot: `plots/ablation.png`. "
+            + f"\n\nWall time: {wall:.0f} s. Plot: ![ablation](plots/ablation.png) "
               f"TensorBoard: `tensorboard --logdir tensorboard`.\n")
 
 

@@ -39,17 +39,16 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.experiments.pneumonia_freeze import PneumoniaFreezeConfig
-from cxr_tf.training.config import parse_config
+from cxr_tf.training.config import opt, parse_config
 
 
 @dataclasses.dataclass
 class BatchLrGridConfig(PneumoniaFreezeConfig):
     experiment: str = "batch_lr_grid"
-    batches: str = "8,16,32,64"
-    lrs: str = "1e-2,1e-3,1e-4,1e-5"
-    max_images: int = 0  # >0: a patient-level, class-stratified subset of this many images
+    batches: str = opt("8,16,32,64", "comma list of batch sizes of the grid")
+    lrs: str = opt("1e-2,1e-3,1e-4,1e-5", "comma list of learning rates of the grid")
     early_stopping: int = 0  # every cell trains the same number of epochs
-    n_boot: int = 200
+    n_boot: int = opt(200, "bootstrap resamples for confidence intervals")
     export: bool = False
 
     def apply_smoke(self) -> None:
@@ -264,7 +263,7 @@ def _markdown(cfg, grid: pd.DataFrame, best: dict | None, wall: float, n: int) -
                + ", ".join(f"batch {b}: lr {lr:.1e}" for b, lr in zip(best["linear_scaling"]["batch_size"],
                                                                    best["linear_scaling"]["learning_rate"]))
                + "." if best else "")
-            + f"\n\nWall time {wall:.0f} s. Heatmap: `plots/heatmap_val_auc.png`; HParams: "
+            + f"\n\nWall time {wall:.0f} s. Heatmap: ![validation AUC heatmap](plots/heatmap_val_auc.png); HParams: "
               "`tensorboard --logdir tensorboard` -> HPARAMS tab.\n")
 
 

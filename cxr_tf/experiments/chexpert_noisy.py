@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.errors import CXRConfigError
-from cxr_tf.training.config import TrainConfig, parse_config
+from cxr_tf.training.config import TrainConfig, opt, parse_config
 
 #: NIH has no "Lung Opacity" label; CheXpert's Lung Opacity covers these findings, so for the
 #: hierarchy on NIH data it is derived as their OR (NIH's 14 labels are exhaustive, so all
@@ -70,34 +70,33 @@ NIH_LUNG_OPACITY_FROM = ["Atelectasis", "Consolidation", "Edema", "Pneumonia", "
 @dataclasses.dataclass
 class ChexpertNoisyConfig(TrainConfig):
     experiment: str = "chexpert_noisy"
-    study: str = "compare"  # compare | noise
-    image_dir: str | None = None  # NIH: the image folder (default: <data-dir>/nih1000_64)
-    chexpert_csv: str | None = None  # noise study: CheXpert train.csv(.gz) for the uncertain rates
-    models: str = "resnet50,vit_tiny,hybrid_tiny"
-    hybrid: str = "hybrid_tiny"  # the model the ideas are added to
-    methods: str = "default"  # comma list; "default" = the study's list
-    base_policy: str = "ignore"  # U-policy of the model rows and of the idea rows (or "default=ignore,Edema=ones")
-    lsr_low: float = 0.5  # U-LSR target range; low == high (default 0.5) is that constant (SPEC S1);
-    lsr_high: float = 0.5  # e.g. 0.55 / 0.85 draws it per entry from Pham et al.'s range
-    blank: str = "mask"  # mask | zero, or per label: "default=mask,Edema=zero"
-    blank_weight: str = "1.0"  # weight of a blank treated as 0, or per label: "default=1.0,No Finding=0.2"
-    mixup_alpha: float = 0.2
-    mentor_weight: float = 0.5  # weight of samples above the MentorNet threshold
-    relabel_epochs: int = 3
-    relabel_confident: float = 0.9
-    flip_rate: float = 0.03  # noise study: fraction of the non-hidden training labels flipped
-    uncertain_positive_bias: float = 1.0  # noise study: odds multiplier for hiding a true positive (1 = at random)
-    min_test_positives: int = 5  # labels with fewer test positives are left out of the mean AUC
-    n_boot: int = 1000
+    study: str = opt("compare", "compare (models and ideas on NIH/CheXpert) | noise (injected label noise)")
+    image_dir: str | None = opt(None, "NIH image folder (default: <data-dir>/nih1000_64)")
+    chexpert_csv: str | None = opt(None, "noise study: CheXpert train.csv(.gz) giving the uncertain-label rates")
+    models: str = opt("resnet50,vit_tiny,hybrid_tiny", "comma list of registry names compared in the model rows")
+    hybrid: str = opt("hybrid_tiny", "the model the noisy-label ideas are added to")
+    methods: str = opt("default", "comma list of table rows to run (default: the study's list)")
+    base_policy: str = opt("ignore", "uncertain-label policy of the rows (or per label: default=ignore,Edema=ones)")
+    lsr_low: float = opt(0.5, "U-LSR target low end (== high: that constant, SPEC S1)")
+    lsr_high: float = opt(0.5, "U-LSR target high end (e.g. 0.55 / 0.85 draws per entry, Pham et al.)")
+    blank: str = opt("mask", "blank labels: mask | zero, or per label default=mask,Edema=zero")
+    blank_weight: str = opt("1.0", "weight of a blank treated as 0, or per label default=1.0,No Finding=0.2")
+    mixup_alpha: float = opt(0.2, "mixup Beta(alpha, alpha) parameter")
+    mentor_weight: float = opt(0.5, "weight of samples above the MentorNet threshold")
+    relabel_epochs: int = opt(3, "epochs before confident predictions relabel the uncertain entries")
+    relabel_confident: float = opt(0.9, "probability above which a prediction relabels an entry")
+    flip_rate: float = opt(0.03, "noise study: share of the non-hidden training labels flipped")
+    uncertain_positive_bias: float = opt(1.0, "noise study: odds multiplier for hiding a true positive (1: at random)")
+    min_test_positives: int = opt(5, "labels with fewer test positives are left out of the mean AUC")
+    n_boot: int = opt(1000, "bootstrap resamples for confidence intervals")
     split: str = "60:15:25"
     image_size: int = 64
     batch_size: int = 32
     epochs: int = 10
     lr: float = 1e-3
-    bn_momentum: float = 0.9
+    bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
     augment: str = "none"
     balance: str = "none"
-    max_images: int = 0  # 0 = all
 
     def apply_smoke(self) -> None:
         super().apply_smoke()
@@ -438,8 +437,7 @@ def run(cfg: ChexpertNoisyConfig) -> dict:
     run_dir = create_run_dir(cfg)
     common.log(f"run folder: {run_dir}")
     ds, layout = load_data(cfg)
-    if cfg.max_images and len(ds) > cfg.max_images:
-        ds = ds.subset(np.random.default_rng(cfg.seed).choice(len(ds), cfg.max_images, replace=False))
+    ds = common.take_subset(cfg, ds)  # --max-images / --fraction: whole patients
     names = ds.class_names
     cfg.check_labels(names)  # per-label --base-policy / --blank / --blank-weight name real labels
     fr = common.parse_split(cfg.split)

@@ -103,22 +103,32 @@ def check_items(cfg, ds: CXRDataset, run) -> CXRDataset:
 
 
 def load_experiment_data(cfg, classes: str = "3class") -> CXRDataset:
-    """``--data-dir`` through the dataset contract, or the embedded synthetic CXRs."""
+    """``--data-dir`` through the dataset contract, or the embedded synthetic CXRs.
+
+    Prints the layout it read and how patients were identified. The layout never
+    changes the task: class folders and CSV manifests keep their own classes; ``classes``
+    ("3class" | "pneumonia") picks Kermany's class set, and a manifest's only when
+    ``--classes`` was given. ``--max-images`` / ``--fraction`` then keep a patient-level,
+    class-stratified subset (:func:`cxr_tf.datasets.patient_subset`).
+    """
     if cfg.data_dir:
         kwargs = {}
-        from cxr_tf.datasets import detect_format
+        from cxr_tf.datasets import describe_format, detect_format
 
         fmt = detect_format(cfg.data_dir) if cfg.format == "auto" else cfg.format
+        how = "detected" if cfg.format == "auto" else "--format"
         if fmt == "kermany":
             kwargs = {"classes": classes, "on_error": cfg.on_error}
-        elif fmt == "csv" and classes in ("3class", "pneumonia"):
-            # A manifest's labels must be the experiment's classes: a typo ("pnuemonia")
-            # is an error naming the rows, not a silent extra class.
+        elif fmt == "csv" and "classes" in getattr(cfg, "given", ()) and classes in ("3class", "pneumonia"):
+            # Asked for explicitly: a label outside the class set (a typo such as "pnuemonia")
+            # is then an error naming the rows, not a silent extra class.
             kwargs = {"class_names": ["bacterial", "viral", "normal"] if classes == "3class"
                       else ["normal", "pneumonia"]}
         if fmt in ("folder", "csv"):  # broken / looping / outside-root links: per-item errors
             kwargs["on_error"] = cfg.on_error
+        log(f"data: {cfg.data_dir} read as {fmt} ({how}): {describe_format(cfg.data_dir, fmt)}")
         ds = load_dataset(cfg.data_dir, fmt, **kwargs)
+        patients_from = getattr(ds, "patients_from", "")
         if fmt == "folder":  # no user-given patient ids: DICOMs group by PatientID, pseudonymized
             from cxr_tf.privacy import pseudonymize_dicom_patients
 
@@ -127,12 +137,31 @@ def load_experiment_data(cfg, classes: str = "3class") -> CXRDataset:
             ds.skipped = listed_skipped
             if n:
                 log(f"patient ids of {n} DICOM files from their PatientID tag (salted hash, cxr_tf.privacy)")
-        return ds
-    from cxr_tf.datasets.synthetic import make_synthetic_cxr
+                patients_from += f"; {n} DICOM files grouped by their PatientID tag"
+        log(f"patients: {patients_from or 'from the source'}; {ds.meta['patient_id'].nunique()} patients, "
+            f"{len(ds)} images, classes {ds.class_names}")
+    else:
+        from cxr_tf.datasets.synthetic import make_synthetic_cxr
 
-    names = ("bacterial", "viral", "normal") if classes == "3class" else ("normal", "pneumonia")
-    return make_synthetic_cxr(n=cfg.synthetic_n, image_size=cfg.image_size, seed=cfg.seed, class_names=names,
-                              difficulty=getattr(cfg, "synthetic_difficulty", 1.0))
+        names = ("bacterial", "viral", "normal") if classes == "3class" else ("normal", "pneumonia")
+        ds = make_synthetic_cxr(n=cfg.synthetic_n, image_size=cfg.image_size, seed=cfg.seed, class_names=names,
+                                difficulty=getattr(cfg, "synthetic_difficulty", 1.0))
+    return take_subset(cfg, ds)
+
+
+def take_subset(cfg, ds: CXRDataset) -> CXRDataset:
+    """``--max-images`` / ``--fraction``: whole patients, stratified by class (logged)."""
+    max_images, fraction = getattr(cfg, "max_images", 0), getattr(cfg, "fraction", 0.0)
+    if not max_images and not fraction:
+        return ds
+    from cxr_tf.datasets import patient_subset
+
+    sub = patient_subset(ds, max_images=max_images, fraction=fraction, seed=cfg.seed)
+    if len(sub) < len(ds):
+        log(f"subset (--max-images {max_images} / --fraction {fraction}): {len(sub)} of {len(ds)} images, "
+            f"{sub.meta['patient_id'].nunique()} of {ds.meta['patient_id'].nunique()} patients, "
+            f"classes {sub.class_counts()}")
+    return sub
 
 
 def build_pipelines(cfg, ds: CXRDataset, split: np.ndarray, strategy):
@@ -219,7 +248,9 @@ def finish_run(run) -> None:
 def restore_best(model, run) -> bool:
     best = run.checkpoints / "best.weights.h5"
     if best.exists():
-        model.load_weights(str(best))
+        from cxr_tf.training.resume import load_model_weights
+
+        load_model_weights(model, best)
         return True
     return False
 
@@ -229,15 +260,24 @@ def evaluate_split(model, pipe, ds: CXRDataset) -> tuple[np.ndarray, np.ndarray]
     return ds.class_index(), prob
 
 
-def write_tensorboard_summaries(run, metrics: dict, class_names, step: int) -> None:
-    """Test confusion matrix image and headline metrics into TensorBoard."""
+def write_tensorboard_summaries(run, metrics: dict, class_names, step: int, weights_epoch: int | None = None,
+                                monitor: str = "val_auc") -> None:
+    """Test confusion matrix image and headline metrics into TensorBoard.
+
+    ``weights_epoch`` (1-based) is the epoch of the evaluated weights (the best
+    checkpoint, not the last epoch): the image title says it, and the summaries are
+    written at that step so they line up with that epoch's validation curves.
+    """
     import tensorflow as tf
 
     from cxr_tf.evaluation import confusion_matrix_image
 
+    title = "test" if weights_epoch is None else f"test, weights of epoch {weights_epoch} (best {monitor})"
+    if weights_epoch is not None:
+        step = weights_epoch - 1  # Keras' TensorBoard callback logs epoch k at step k - 1
     writer = tf.summary.create_file_writer(str(run.tensorboard / "test"))
     with writer.as_default():
-        img = confusion_matrix_image(metrics["confusion_matrix"], class_names, title="test")
+        img = confusion_matrix_image(metrics["confusion_matrix"], class_names, title=title)
         tf.summary.image("confusion_matrix", img[None, ..., :3], step=step)
         for key in ("accuracy", "macro_auc", "averaged_accuracy"):
             v = metrics.get(key)

@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from cxr_tf.training.config import TrainConfig, parse_config
+from cxr_tf.training.config import TrainConfig, opt, parse_config
 
 ZOO = ("mobilenet", "mobilenet_v2", "resnet50", "densenet121", "resnet18", "squeezenet")
 SSL_BACKBONE = "unet_cbam_encoder"
@@ -52,19 +52,20 @@ TABLE_METRICS = ("accuracy", "specificity", "sensitivity", "auc")
 @dataclasses.dataclass
 class CovidCompareConfig(TrainConfig):
     experiment: str = "covid_ssl_compare"
-    data_dir: str | None = os.environ.get("CXR_DATA_DIR")
-    models: str = ""  # comma-separated registry names; default ZOO (+ unet_cbam_encoder if registered)
-    init: str = ""  # NAME=PATH[,NAME=PATH]; "ssl:PATH" for the SSL encoder; else every model is random init
-    weights: str = "none"  # weights for every keras.applications model: none | imagenet
-    per_class: int = 607  # the seed: 607 images per class
-    head: str = "gap"
-    dropout: float = 0.0
-    freeze_until: int = 0
-    bn_momentum: float = 0.9
+    data_dir: str | None = opt(os.environ.get("CXR_DATA_DIR"), "data root holding covid_ieee8023/ etc. (default: "
+                               "$CXR_DATA_DIR)")
+    models: str = opt("", "comma list of registry names (empty: the zoo, + unet_cbam_encoder if registered)")
+    init: str = opt("", "NAME=PATH[,NAME=PATH] initial weights; ssl:PATH for the SSL encoder (else random init)")
+    weights: str = opt("none", "weights for every keras.applications model: none | imagenet")
+    per_class: int = opt(607, "images per class (the seed: 607)")
+    head: str = opt("gap", "classifier head: gap | fc256-128")
+    dropout: float = opt(0.0, "dropout before the output layer")
+    freeze_until: int = opt(0, "freeze backbone layers before this index (0: train all)")
+    bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
     augment: str = "light"
     epochs: int = 20
-    cam_images: int = 32  # test images for the CAM border check and TensorBoard overlays
-    cam_method: str = "gradcam"
+    cam_images: int = opt(32, "test images for the CAM border check and TensorBoard overlays")
+    cam_method: str = opt("gradcam", "CAM method: gradcam | gradcampp | scorecam")
 
     def apply_smoke(self) -> None:
         super().apply_smoke()
@@ -178,7 +179,9 @@ def load_data(cfg, binary: bool = False, ieee_all_findings: bool = False):
 
     for w in caught:
         log(f"warning: {w.message}")
-    return ds
+    from cxr_tf.experiments.common import take_subset
+
+    return take_subset(cfg, ds)  # --max-images / --fraction: whole patients, stratified
 
 
 def report_source_mix(ds, split, run) -> list[str]:
@@ -262,15 +265,16 @@ def run(cfg: CovidCompareConfig) -> dict:
         out = run_dir / name
         out.mkdir(exist_ok=True)
         best = str(run_dir.checkpoints / f"{name}.weights.h5")
-        cbs = [keras.callbacks.ModelCheckpoint(best, monitor="val_auc", mode="max", save_best_only=True,
-                                               save_weights_only=True),
+        from cxr_tf.training.resume import AtomicModelCheckpoint, load_model_weights
+
+        cbs = [AtomicModelCheckpoint(best, monitor="val_auc", mode="max", save_best_only=True),
                keras.callbacks.TensorBoard(str(run_dir.tensorboard / name)),
                keras.callbacks.CSVLogger(str(out / "history.csv"))]
         t = time.time()
         model.fit(train.dataset, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
                   callbacks=cbs, verbose=2)
         fit_s = time.time() - t
-        model.load_weights(best)
+        load_model_weights(model, best)
         prob = np.asarray(model.predict(test.dataset, verbose=0))
         m = evaluate_predictions(test_ds.class_index(), prob, ds.class_names, str(out),
                                  title=f"{name}: test split", config=cfg.to_dict())

@@ -51,7 +51,7 @@ import time
 
 import numpy as np
 
-from cxr_tf.training.config import TrainConfig, parse_config
+from cxr_tf.training.config import TrainConfig, opt, parse_config
 
 MODELS = "resnet18,resnet50,squeezenet,densenet121"
 
@@ -59,31 +59,31 @@ MODELS = "resnet18,resnet50,squeezenet,densenet121"
 @dataclasses.dataclass
 class DeepCovidConfig(TrainConfig):
     experiment: str = "deep_covid"
-    data_dir: str | None = os.environ.get("CXR_DATA_DIR")
-    models: str = MODELS
+    data_dir: str | None = opt(os.environ.get("CXR_DATA_DIR"), "data root holding covid_ieee8023/ and kermany224/ "
+                               "(default: $CXR_DATA_DIR)")
+    models: str = opt(MODELS, "comma list of registry names of the trunks to compare")
     seed: int = 3
     split: str = "6:1:3"  # a large test split, as the paper's (100 COVID / 3,000 non-COVID)
-    n_covid: int = 184  # paper: 84 train + 100 test
-    n_non_covid: int = 5000  # paper: 2,000 train + 3,000 test
-    covid_copies: int = 5  # COVID training images x5 (original + 4 augmented)
+    n_covid: int = opt(184, "COVID images drawn (paper: 84 train + 100 test)")
+    n_non_covid: int = opt(5000, "non-COVID images drawn (paper: 2,000 train + 3,000 test)")
+    covid_copies: int = opt(5, "copies of each COVID training image (original + augmented)")
     augment: str = "light"
     epochs: int = 100
     batch_size: int = 20
     lr: float = 1e-4
-    trunk: str = "pretrain"  # pretrain | imagenet | none | DIR with <backbone>.keras | preset:NAME | run:DIR
-    pretrain_images: int = 2000
-    pretrain_epochs: int = 3
-    pretrain_lr: float = 1e-3
-    bn_momentum: float = 0.9
-    measure_speedup: bool = True
-    cam_images: int = 32
-    cam_method: str = "gradcam"
-    export_models: str = "all"  # all | none | comma list
-    saved_models_dir: str = "saved_models"
-    # Source-balanced design (issue 18): every class from the same sources in the same
-    # proportions (datasets.covid.balance_sources); --n-covid / --n-non-covid caps are not
-    # applied then, since they would undo the balance.
-    balance_sources: bool = False
+    trunk: str = opt("pretrain", "trunk weights: pretrain (on Kermany first) | imagenet | none | DIR with "
+                     "<backbone>.keras | preset:NAME | run:DIR")
+    pretrain_images: int = opt(2000, "Kermany images for --trunk pretrain")
+    pretrain_epochs: int = opt(3, "epochs of --trunk pretrain")
+    pretrain_lr: float = opt(1e-3, "learning rate of --trunk pretrain")
+    bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
+    measure_speedup: bool = opt(True, "time cached-feature training against training through the trunk")
+    cam_images: int = opt(32, "test images for the CAM border check and TensorBoard overlays")
+    cam_method: str = opt("gradcam", "CAM method: gradcam | gradcampp | scorecam")
+    export_models: str = opt("all", "models to export: all | none | comma list")
+    saved_models_dir: str = opt("saved_models", "where SavedModel exports are written")
+    balance_sources: bool = opt(False, "source-balanced design: every class from the same sources in the same "
+                                "proportions (--n-covid / --n-non-covid caps then not applied)")
 
     def apply_smoke(self) -> None:
         super().apply_smoke()

@@ -39,19 +39,18 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.experiments.pneumonia_freeze import PneumoniaFreezeConfig
-from cxr_tf.training.config import parse_config
+from cxr_tf.training.config import opt, parse_config
 
 
 @dataclasses.dataclass
 class FreezeDepthConfig(PneumoniaFreezeConfig):
     experiment: str = "freeze_depth"
-    freeze_points: str = "114,144"
-    lrs: str = "1e-3,3e-4,1e-4"
+    freeze_points: str = opt("114,144", "comma list of freeze_until indices to compare")
+    lrs: str = opt("1e-3,3e-4,1e-4", "comma list of learning rates, one training per freeze point and lr")
     weights: str = "imagenet"
-    allow_random_frozen: bool = False
-    max_images: int = 0
+    allow_random_frozen: bool = opt(False, "allow freezing layers of a randomly initialised backbone (--weights none)")
     early_stopping: int = 0  # the per-epoch gap is the point: train every epoch
-    n_boot: int = 200
+    n_boot: int = opt(200, "bootstrap resamples for confidence intervals")
     export: bool = False
 
     def apply_smoke(self) -> None:
@@ -193,7 +192,7 @@ def _markdown(cfg, table: pd.DataFrame, long: pd.DataFrame, wall: float, n: int)
             f"{cfg.split}); weights {cfg.weights}; head {cfg.head}; {cfg.image_size} px, {cfg.epochs} epochs, batch "
             f"{cfg.batch_size}, augmentation {cfg.augment}, seed {cfg.seed}.\n\n" + "\n".join(lines)
             + "\n\nTrain - validation AUC gap per epoch (overfitting):\n\n" + "\n".join(ep)
-            + f"\n\nWall time {wall:.0f} s. Curves: `plots/learning_curves.png`; TensorBoard: "
+            + f"\n\nWall time {wall:.0f} s. Curves: ![learning curves](plots/learning_curves.png); TensorBoard: "
               "`tensorboard --logdir tensorboard`.\n")
 
 

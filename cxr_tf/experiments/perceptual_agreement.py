@@ -44,24 +44,26 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf.errors import CXRConfigError, CXRDatasetError
+from cxr_tf.training.config import opt
 
 
 @dataclasses.dataclass
 class PerceptualAgreementConfig:
-    experiment: str = "perceptual_agreement"
-    testset: str | None = None  # BAPPS-layout folder; none with --smoke: a synthetic one is built
-    judgments: str = "auto"  # auto (real if present, else proxy) | real | proxy
-    proxy_raters: int = 5
-    proxy_noise: float = 0.15  # std of a proxy rater's perceived severity
-    proxy_same_threshold: float = 0.1  # JND: perceived severity below this -> "same"
-    classifiers: str = "random:tiny_cnn"  # comma list: random:BACKBONE | model.keras | pneumonia_freeze run folder
-    classifier_names: str = ""  # optional comma list of table labels, same order
-    image_size: int = 64  # input size for random:BACKBONE classifiers
-    lin: bool = True  # also score learned-linear-weight (LPIPS "lin") variants
-    n_boot: int = 1000
-    seed: int = 0
-    runs_dir: str = "runs"
-    smoke: bool = False
+    experiment: str = opt("perceptual_agreement", "experiment name: runs go to <runs-dir>/<experiment>/")
+    testset: str | None = opt(None, "BAPPS-layout folder (none with --smoke: a synthetic one is built)")
+    judgments: str = opt("auto", "rater judgments: auto (real if present, else proxy) | real | proxy")
+    proxy_raters: int = opt(5, "number of simulated raters for proxy judgments")
+    proxy_noise: float = opt(0.15, "std of a proxy rater's perceived severity")
+    proxy_same_threshold: float = opt(0.1, "JND: perceived severity below this counts as 'same'")
+    classifiers: str = opt("random:tiny_cnn", "comma list: random:BACKBONE | model.keras | pneumonia_freeze run "
+                           "folder")
+    classifier_names: str = opt("", "optional comma list of table labels, same order as --classifiers")
+    image_size: int = opt(64, "input size for random:BACKBONE classifiers")
+    lin: bool = opt(True, "also score learned-linear-weight (LPIPS 'lin') variants")
+    n_boot: int = opt(1000, "bootstrap resamples for confidence intervals")
+    seed: int = opt(0, "seed for every draw")
+    runs_dir: str = opt("runs", "parent folder of run folders")
+    smoke: bool = opt(False, "shrink everything for a quick test run (explicit flags still win)")
 
     def apply_smoke(self) -> None:
         self.n_boot = 50

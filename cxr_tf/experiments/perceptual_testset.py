@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf.errors import CXRConfigError
+from cxr_tf.training.config import opt
 
 SUBSET_CODES = {"traditional": 1, "cnn": 2}
 KIND_CODES = {"2afc": 1, "jnd": 2}
@@ -53,26 +54,26 @@ GAN_VARIANTS = {
 
 @dataclasses.dataclass
 class PerceptualTestsetConfig:
-    experiment: str = "perceptual_testset"
-    data_dir: str | None = None  # a dataset folder (kermany224, ...); none = synthetic CXRs
-    format: str = "auto"
-    out_dir: str = "perceptual_testset"
-    image_size: int = 64
-    n_2afc: int = 200  # triplets per subset
-    n_jnd: int = 100  # pairs per subset
-    n_source: int = 100  # distinct test images (one per patient where possible)
-    distortions: str = "all"  # comma list of traditional distortions, or all
-    severity_min: float = 0.1  # 2AFC severities uniform in [severity_min, 1]
-    jnd_severity_max: float = 0.4  # JND severities uniform in [0, jnd_severity_max]
-    cnn: bool = True  # build the cnn subset (trains a DAE and the GAN variants)
-    cnn_train_images: int = 300  # training images for the CNN distortions (other patients)
-    dae_epochs: int = 15
-    gan_steps: int = 300
-    cnn_filters: int = 16
-    grid: bool = True  # also write distortion_grid.png (every distortion, 3 severities)
-    seed: int = 0
-    synthetic_n: int = 400
-    smoke: bool = False
+    experiment: str = opt("perceptual_testset", "experiment name")
+    data_dir: str | None = opt(None, "dataset folder (kermany224, ...) the images come from (none: synthetic CXRs)")
+    format: str = opt("auto", "dataset layout: auto | kermany | folder | csv | npz")
+    out_dir: str = opt("perceptual_testset", "folder the BAPPS-layout test set is written to")
+    image_size: int = opt(64, "side of the written patches in pixels")
+    n_2afc: int = opt(200, "2AFC triplets per subset")
+    n_jnd: int = opt(100, "JND pairs per subset")
+    n_source: int = opt(100, "distinct test images (one per patient where possible)")
+    distortions: str = opt("all", "comma list of traditional distortions, or all")
+    severity_min: float = opt(0.1, "2AFC severities are uniform in [severity-min, 1]")
+    jnd_severity_max: float = opt(0.4, "JND severities are uniform in [0, jnd-severity-max]")
+    cnn: bool = opt(True, "build the cnn subset (trains a DAE and the GAN variants)")
+    cnn_train_images: int = opt(300, "training images for the CNN distortions (from other patients)")
+    dae_epochs: int = opt(15, "denoising autoencoder epochs")
+    gan_steps: int = opt(300, "GAN training steps")
+    cnn_filters: int = opt(16, "filters of the CNN distortion models")
+    grid: bool = opt(True, "also write distortion_grid.png (every distortion at 3 severities)")
+    seed: int = opt(0, "seed for every draw")
+    synthetic_n: int = opt(400, "synthetic images (without --data-dir)")
+    smoke: bool = opt(False, "shrink everything for a quick test run (explicit flags still win)")
 
     def apply_smoke(self) -> None:
         self.image_size = 32

@@ -36,7 +36,7 @@ import re
 import sys
 import time
 
-from cxr_tf.training.config import TrainConfig, parse_config
+from cxr_tf.training.config import TrainConfig, opt, parse_config
 
 # Without --data-dir: the synthetic demo, sized to finish in minutes on 2 CPU cores.
 # freeze_until=0 because no pretrained weights exist here and freezing randomly
@@ -52,18 +52,21 @@ DEMO_OVERRIDES = {"image_size": 64, "epochs": 5, "batch_size": 16, "early_stoppi
 @dataclasses.dataclass
 class PneumoniaFreezeConfig(TrainConfig):
     experiment: str = "pneumonia_freeze"
-    classes: str = "3class"  # 3class (bacterial / viral / normal) | pneumonia (normal / pneumonia)
-    backbone: str = "resnet50"
-    freeze_until: int = 144
-    head: str = "fc256-128"
-    dropout: float = 0.0
-    weights: str = "none"  # none | imagenet | path to a weights file
-    bn_momentum: float = 0.99  # BatchNorm moving-average momentum (Keras default 0.99)
-    synthetic_n: int = 900  # images of the embedded synthetic dataset (no --data-dir)
-    synthetic_difficulty: float = 1.0  # lesion subtlety of the synthetic set (lower = easier)
-    export: bool = True
-    export_name: str = ""  # default: pneumonia_<classes>_<backbone>
-    saved_models_dir: str = "saved_models"
+    classes: str = opt("3class", "Kermany/synthetic task: 3class (bacterial/viral/normal) | pneumonia "
+                       "(normal/pneumonia) (a CSV manifest: its labels unless --classes is given; class folders: "
+                       "their names)")
+    backbone: str = opt("resnet50", "model registry name (resnet50, resnet18, densenet121, tiny_cnn, ...)")
+    freeze_until: int = opt(144, "freeze backbone layers before this keras.applications index (144 = "
+                            "conv5_block1_1_bn; 0: train all)")
+    head: str = opt("fc256-128", "classifier head: gap | fc256-128 (GAP-Dense(256)-Dense(128), the seed's extra FC)")
+    dropout: float = opt(0.0, "dropout before the output layer")
+    weights: str = opt("none", "backbone weights: none | imagenet | path to a weights file")
+    bn_momentum: float = opt(0.99, "BatchNorm moving-average momentum (Keras default 0.99)")
+    synthetic_n: int = opt(900, "images of the embedded synthetic dataset (without --data-dir)")
+    synthetic_difficulty: float = opt(1.0, "lesion subtlety of the synthetic set (lower = easier)")
+    export: bool = opt(True, "export a SavedModel for TF Serving after training")
+    export_name: str = opt("", "export folder name under --saved-models-dir (empty: pneumonia_<classes>_<backbone>)")
+    saved_models_dir: str = opt("saved_models", "where SavedModel exports are written")
 
     def apply_smoke(self) -> None:
         super().apply_smoke()
@@ -160,7 +163,11 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
         config=cfg.to_dict(), threshold=threshold,
     )
     plot_training_curves(str(run_dir / "history.csv"), str(run_dir.plots / "training_curves.png"))
-    common.write_tensorboard_summaries(run_dir, metrics, ds.class_names, step=len(history.get("loss", [])))
+    from cxr_tf.evaluation import best_epoch
+
+    best = best_epoch(str(run_dir / "history.csv")) if (run_dir / "history.csv").is_file() else None
+    common.write_tensorboard_summaries(run_dir, metrics, ds.class_names, step=len(history.get("loss", [])),
+                                       weights_epoch=best)
 
     export = None
     if cfg.export:
@@ -186,7 +193,8 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
     common.finish_run(run_dir)
     with open(run_dir / "report.md", "a") as f:
         f.write(f"\n## Run\n\n- parameters: {json.dumps(params)}\n- fit: {fit_s:.0f} s, wall: {summary['wall_seconds']} s\n"
-                f"- plots: `plots/training_curves.png`\n- export: {export and export['path']}\n")
+                f"- export: {export and export['path']}\n\n### training curves\n\n"
+                "![training curves](plots/training_curves.png)\n")
     common.log(f"test: accuracy {_v(metrics, 'accuracy'):.3f}, macro AUC {_v(metrics, 'macro_auc'):.3f}; "
                f"report {run_dir / 'report.md'}")
     common.print_tensorboard_hint(run_dir)

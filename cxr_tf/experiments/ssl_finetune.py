@@ -34,30 +34,31 @@ import time
 
 import numpy as np
 
-from cxr_tf.training.config import TrainConfig, parse_config
+from cxr_tf.training.config import TrainConfig, opt, parse_config
 
 
 @dataclasses.dataclass
 class SSLFinetuneConfig(TrainConfig):
     experiment: str = "ssl_finetune"
-    classes: str = "pneumonia"  # pneumonia (normal / pneumonia) | 3class (kermany)
-    init: str = ""  # ssl:<folder> (required unless --smoke)
-    arms: str = "ssl,scratch"
-    fractions: str = "0.01,0.1,1.0"  # of the training patients (labels)
-    steps_per_epoch: int = 50  # the same optimizer budget for every point and arm
+    classes: str = opt("pneumonia", "Kermany/synthetic task: pneumonia (normal/pneumonia) | 3class (a CSV manifest: "
+                       "its labels unless --classes is given; class folders: their names)")
+    init: str = opt("", "SSL encoder to fine-tune, ssl:<ssl_pretrain run folder> (required unless --smoke)")
+    arms: str = opt("ssl,scratch", "comma list of arms: ssl (SSL-initialised) and/or scratch (random init)")
+    fractions: str = opt("0.01,0.1,1.0", "comma list of shares of the training patients whose labels are used")
+    steps_per_epoch: int = opt(50, "optimizer steps per epoch, the same budget for every point and arm")
     image_size: int = 64
     batch_size: int = 32
     epochs: int = 6
     lr: float = 1e-3
-    head: str = "gap"
-    dropout: float = 0.0
-    freeze_until: int = 0
-    bn_momentum: float = 0.9
+    head: str = opt("gap", "classifier head: gap | fc256-128")
+    dropout: float = opt(0.0, "dropout before the output layer")
+    freeze_until: int = opt(0, "freeze encoder layers before this index (0: train all)")
+    bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
     augment: str = "none"
     early_stopping: int = 0
-    synthetic_n: int = 600
-    synthetic_difficulty: float = 0.3
-    export: bool = False
+    synthetic_n: int = opt(600, "images of the embedded synthetic dataset (without --data-dir)")
+    synthetic_difficulty: float = opt(0.3, "lesion subtlety of the synthetic set (lower = easier)")
+    export: bool = opt(False, "export a SavedModel for TF Serving after training")
 
     def apply_smoke(self) -> None:
         super().apply_smoke()

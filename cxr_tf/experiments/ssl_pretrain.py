@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tf.training.config import TrainConfig, parse_config
+from cxr_tf.training.config import TrainConfig, opt, parse_config
 
 #: Sources ``--sources auto`` takes from $CXR_DATA_DIR when present. kermany224 (a
 #: downstream set) contributes only its training patients. PneumoniaMNIST is a re-split
@@ -49,29 +49,31 @@ NORMALISATION = "per-image min-max to [0, 1] (cxr_tf.data.preprocess.scale_per_i
 @dataclasses.dataclass
 class SSLPretrainConfig(TrainConfig):
     experiment: str = "ssl_pretrain"
-    sources: str = "auto"  # auto | comma list of paths (relative to $CXR_DATA_DIR), each optionally "@train"
-    classes: str = "pneumonia"  # class view used only to reproduce the downstream split for "@train"
-    max_images: int = 0  # subsample the pool (0 = all)
-    val_images: int = 256  # held out for SSIM / PSNR
+    sources: str = opt("auto", "auto | comma list of paths (relative to $CXR_DATA_DIR), each optionally suffixed "
+                       "@train")
+    classes: str = opt("pneumonia", "class view used only to reproduce the downstream split for @train sources")
+    max_images: int = opt(0, "subsample the unlabelled pool to at most N images (0: all)")
+    fraction: float = opt(0.0, "subsample the unlabelled pool to about this share (0-1] of its images (0: all)")
+    val_images: int = opt(256, "images held out for SSIM / PSNR")
     image_size: int = 64
     batch_size: int = 16
     epochs: int = 10
     lr: float = 1e-3
     early_stopping: int = 0
-    depth: int = 4
-    width: int = 32
-    use_cbam: bool = True
-    cbam_ratio: int = 8
-    loss: str = "ssim"  # ssim | ms_ssim | mse | l1_ssim
+    depth: int = opt(4, "U-Net depth (down-sampling stages)")
+    width: int = opt(32, "filters of the first U-Net stage (doubled per stage)")
+    use_cbam: bool = opt(True, "CBAM attention blocks in the U-Net")
+    cbam_ratio: int = opt(8, "CBAM channel-reduction ratio")
+    loss: str = opt("ssim", "reconstruction loss: ssim | ms_ssim | mse | l1_ssim")
     # Models Genesis (official defaults)
-    flip_rate: float = 0.4
-    local_rate: float = 0.5
-    nonlinear_rate: float = 0.9
-    paint_rate: float = 0.9
-    inpaint_rate: float = 0.2
-    synthetic_n: int = 600
-    encoder_dir: str = ""  # also copy the encoder here
-    export_from: str = ""  # a run folder: write its encoder from checkpoints/best (e.g. of a stopped run)
+    flip_rate: float = opt(0.4, "Models Genesis: probability of a flip")
+    local_rate: float = opt(0.5, "Models Genesis: probability of local pixel shuffling")
+    nonlinear_rate: float = opt(0.9, "Models Genesis: probability of the non-linear intensity transform")
+    paint_rate: float = opt(0.9, "Models Genesis: probability of in- or out-painting")
+    inpaint_rate: float = opt(0.2, "Models Genesis: share of painting that is in-painting (the rest out-painting)")
+    synthetic_n: int = opt(600, "images of the embedded synthetic pool (without data)")
+    encoder_dir: str = opt("", "also copy the trained encoder to this folder")
+    export_from: str = opt("", "a run folder: write its encoder from checkpoints/best (e.g. of a stopped run)")
 
     def apply_smoke(self) -> None:
         super().apply_smoke()
@@ -144,7 +146,9 @@ def load_source(cfg: SSLPretrainConfig, spec: str, run):
         raise CXRDatasetError(path, "SSL source not found")
     fmt = detect_format(path)
     if fmt in ("kermany", "npz", "csv") or train_only:
-        sub = dataclasses.replace(cfg, data_dir=str(path), format="auto")
+        # the whole source: "@train" must reproduce the fine-tuning split, which is drawn
+        # from all of it (the pool's own --max-images / --fraction apply below, to the pool)
+        sub = dataclasses.replace(cfg, data_dir=str(path), format="auto", max_images=0, fraction=0.0)
         ds = common.load_experiment_data(sub, cfg.classes)
         # the same checks and the same patient split as the fine-tuning experiment
         from cxr_tf.data import prepare_items
@@ -192,6 +196,8 @@ def image_pool(cfg: SSLPretrainConfig, run):
     table = pd.concat(rows, ignore_index=True)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(table))
+    if cfg.fraction:
+        order = order[: max(1, int(round(cfg.fraction * len(order))))]
     if cfg.max_images:
         order = order[: cfg.max_images]
     n_val = min(cfg.val_images, max(1, len(order) // 5))
@@ -353,7 +359,8 @@ def finish(cfg, model, run_dir, val, counts, n_train, n_val, steps, fit_s, t0) -
         f"- pool: {n_train} train / {n_val} val images from `{cfg.sources}`, {cfg.image_size} px, {epochs_done} epochs\n"
         f"- validation SSIM corrupted {metrics['val_ssim_corrupted']:.3f} -> restored {metrics['val_ssim_restored']:.3f}; "
         f"PSNR {metrics['val_psnr_corrupted']:.1f} -> {metrics['val_psnr_restored']:.1f} dB\n"
-        f"- fit {fit_s:.0f} s, wall {time.time() - t0:.0f} s\n- encoder: `{enc_dir}` (load with `--init ssl:{enc_dir}`)\n")
+        f"- fit {fit_s:.0f} s, wall {time.time() - t0:.0f} s\n- encoder: `{enc_dir}` (load with `--init ssl:{enc_dir}`)\n"
+        + ("\n![training curves](plots/training_curves.png)\n" if history else ""))
     common.finish_run(run_dir)
     common.log(f"val SSIM {metrics['val_ssim_corrupted']:.3f} -> {metrics['val_ssim_restored']:.3f}; encoder {enc_dir}")
     return summary

@@ -46,36 +46,6 @@ class CellRun(RunDir):
         return (self.path / "result.json").exists()
 
 
-def subsample_patients(ds: CXRDataset, max_images: int, seed: int = 0) -> CXRDataset:
-    """About ``max_images`` images, taken by whole patients, keeping the class mix.
-
-    Patients are visited in a seeded random order and taken while no class exceeds its
-    share of ``max_images`` (patients may have images of several classes: Kermany has
-    808 patients with both bacterial and viral images), so a subset never splits a
-    patient and its class proportions match the full dataset's.
-    """
-    if not max_images or max_images >= len(ds):
-        return ds
-    rng = np.random.default_rng(seed)
-    pid = ds.meta["patient_id"].astype(str).to_numpy()
-    cls = ds.class_index() if not ds.multilabel else np.zeros(len(ds), int)
-    k = int(cls.max()) + 1
-    target = max_images * np.bincount(cls, minlength=k) / len(ds)
-    slack = np.maximum(1.0, 0.01 * target)
-    patients, inverse = np.unique(pid, return_inverse=True)
-    counts = np.zeros((len(patients), k))
-    np.add.at(counts, (inverse, cls), 1)
-    have = np.zeros(k)
-    chosen = np.zeros(len(patients), bool)
-    for p in rng.permutation(len(patients)):
-        if np.all(have + counts[p] <= target + slack):
-            have += counts[p]
-            chosen[p] = True
-            if have.sum() >= max_images:
-                break
-    return ds.subset(np.flatnonzero(chosen[inverse]))
-
-
 def start(cfg):
     """A sweep's beginning: runtime, run folder, checked data, optional patient subset."""
     common.setup_runtime(cfg)
@@ -90,7 +60,6 @@ def start(cfg):
         common.log(f"run folder: {run_dir}")
     ds = common.load_experiment_data(cfg, cfg.classes)
     ds = common.check_items(cfg, ds, run_dir)
-    ds = subsample_patients(ds, cfg.max_images, cfg.seed)
     common.log(ds.summary())
     return run_dir, ds
 

@@ -17,6 +17,11 @@ from typing import Any, Sequence
 from cxr_tf.errors import CXRConfigError
 
 
+def opt(default: Any, help: str) -> Any:
+    """A config field with its one-line ``--help`` text (shown with the default)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class OptimizerConfig:
     """Optimizer and learning-rate schedule.
@@ -37,37 +42,40 @@ class OptimizerConfig:
 class TrainConfig:
     """Fields shared by every training experiment (each is a CLI flag)."""
 
-    experiment: str = "train"
-    data_dir: str | None = None
-    format: str = "auto"
-    image_size: int = 224
-    batch_size: int = 32
-    epochs: int = 20
-    seed: int = 0
-    split: str = "8:1:1"  # fractions train:val:test by patient, or a splits.csv path
-    augment: str = "s2"
-    balance: str = "oversample"  # none | oversample | class_weight
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "constant"
-    decay_rate: float = 0.9
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    early_stopping: int = 5  # patience in epochs; 0 disables
-    strategy: str = "auto"  # auto | default | mirrored | multi_worker
-    cpu_devices: int = 0  # >1: MirroredStrategy over this many logical CPU devices
-    deterministic: bool = False
-    on_error: str = "raise"  # raise | skip
-    duplicate_audit: bool = True  # near-duplicate audit of the split (duplicates.csv/.png/.json in the run)
-    dedupe: bool = False  # drop near-duplicate copies after splitting (one kept per group, train preferred)
-    duplicate_threshold: int = 36  # pHash Hamming distance of 256 bits (cxr_tf.datasets.duplicates)
-    runs_dir: str = "runs"
-    run_dir: str | None = None  # reuse/resume this folder
-    resume: bool = False  # resume the newest unfinished run of this experiment
-    cache_dir: str | None = None
-    smoke: bool = False
+    experiment: str = opt("train", "experiment name: runs go to <runs-dir>/<experiment>/")
+    data_dir: str | None = opt(None, "dataset folder, CSV manifest or .npz (none: the embedded synthetic CXRs)")
+    format: str = opt("auto", "dataset layout: auto | kermany | folder | csv | npz (auto prints what it detected)")
+    image_size: int = opt(224, "input side in pixels (images are resized to a square)")
+    batch_size: int = opt(32, "images per training step (global, across devices)")
+    epochs: int = opt(20, "maximum training epochs")
+    seed: int = opt(0, "seed for the split, the subset, shuffling and initialisation")
+    split: str = opt("8:1:1", "train:val:test fractions by patient, or a saved splits.csv to reuse")
+    max_images: int = opt(0, "train on at most N images: whole patients, stratified by class (0: all)")
+    fraction: float = opt(0.0, "train on about this share (0-1] of the images: whole patients, stratified "
+                               "by class (0: all)")
+    augment: str = opt("s2", "augmentation: none | light | moderate | s2 | strong, extras with + (s2+clahe+mixup)")
+    balance: str = opt("oversample", "class imbalance: none | oversample | class_weight")
+    optimizer: str = opt("adam", "optimizer: adam | adamw | sgd")
+    lr: float = opt(1e-4, "peak learning rate")
+    momentum: float = opt(0.9, "SGD momentum (--optimizer sgd)")
+    weight_decay: float = opt(1e-4, "decoupled weight decay (--optimizer adamw)")
+    schedule: str = opt("constant", "learning-rate schedule: constant | exponential | cosine")
+    decay_rate: float = opt(0.9, "exponential schedule: lr * decay_rate ** epoch")
+    warmup_epochs: int = opt(0, "cosine schedule: linear warm-up epochs")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
+    early_stopping: int = opt(5, "stop after this many epochs without validation improvement (0: off)")
+    strategy: str = opt("auto", "distribution: auto | default | mirrored | multi_worker (TF_CONFIG)")
+    cpu_devices: int = opt(0, ">1: MirroredStrategy over this many logical CPU devices (testing)")
+    deterministic: bool = opt(False, "bit-reproducible TF ops (slower)")
+    on_error: str = opt("raise", "unreadable image files: raise (stop) | skip (listed in skipped.csv)")
+    duplicate_audit: bool = opt(True, "near-duplicate audit of the split (duplicates.csv/.png/.json in the run)")
+    dedupe: bool = opt(False, "drop near-duplicate copies after splitting (one kept per group, train preferred)")
+    duplicate_threshold: int = opt(36, "near-duplicate pHash Hamming distance (of 256 bits)")
+    runs_dir: str = opt("runs", "parent folder of run folders")
+    run_dir: str | None = opt(None, "use (or resume) exactly this run folder")
+    resume: bool = opt(False, "resume the newest unfinished run of this experiment with the same config")
+    cache_dir: str | None = opt(None, "folder for decoded DICOM caches (default: ~/.cache/cxr_tf/decoded)")
+    smoke: bool = opt(False, "shrink everything for a quick test run (explicit flags still win)")
 
     def optimizer_config(self) -> OptimizerConfig:
         return OptimizerConfig(
@@ -98,6 +106,10 @@ class TrainConfig:
                 raise CXRConfigError(f"--{field.replace('_', '-')} must be >= 1; got {getattr(self, field)}")
         if self.lr <= 0:
             raise CXRConfigError(f"--lr must be > 0; got {self.lr}")
+        if self.max_images < 0:
+            raise CXRConfigError(f"--max-images must be >= 0; got {self.max_images}")
+        if not 0 <= self.fraction <= 1:
+            raise CXRConfigError(f"--fraction must be in (0, 1]; got {self.fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,6 +133,17 @@ def _parse_bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
+def field_help(cls, name: str) -> str | None:
+    """The help text of field ``name``: a subclass that only changes a default
+    (``image_size: int = 64``) keeps the help of the class that defined the field."""
+    for base in cls.__mro__:
+        if dataclasses.is_dataclass(base):
+            f = {g.name: g for g in dataclasses.fields(base)}.get(name)
+            if f is not None and f.metadata.get("help"):
+                return f.metadata["help"]
+    return None
+
+
 def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one ``--flag`` per dataclass field."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -128,24 +151,32 @@ def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser
         flag = "--" + f.name.replace("_", "-")
         t = _field_type(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_ = field_help(cls, f.name)
+        if not help_:  # every flag explains itself (tests/training/test_config_and_run.py checks all)
+            raise CXRConfigError(f"{cls.__name__}.{f.name} has no help text: define it with opt(default, help)")
         if f.name == "smoke":
-            p.add_argument(flag, action="store_true", help="shrink everything for a quick test run")
+            p.add_argument(flag, action="store_true", help=help_)
         elif t is bool:
-            p.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL")
+            p.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help_)
         else:
-            p.add_argument(flag, type=t if t in (int, float, str) else str, default=default)
+            p.add_argument(flag, type=t if t in (int, float, str) else str, default=default, help=help_)
     return p
 
 
 def parse_config(cls, argv: Sequence[str] | None = None, description: str | None = None):
-    """Parse CLI flags into ``cls``; ``--smoke`` shrinks, explicit flags still win."""
+    """Parse CLI flags into ``cls``; ``--smoke`` shrinks, explicit flags still win.
+
+    ``cfg.given`` holds the names of the fields set on the command line (not a field:
+    it is not saved, so it never changes which runs match on resume).
+    """
     parser = build_parser(cls, description)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     cfg = cls(**vars(args))
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    explicit = {a.dest for a in parser._actions if given & set(a.option_strings)}
+    cfg.given = frozenset(explicit)
     if cfg.smoke:
-        given = {a.split("=")[0] for a in argv if a.startswith("--")}
-        explicit = {a.dest for a in parser._actions if given & set(a.option_strings)}
         cfg.apply_smoke()
         for k in explicit:
             setattr(cfg, k, getattr(args, k))

@@ -332,7 +332,7 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
                 if chief:
                     from cxr_tf.training.resume import save_weights_atomic
 
-                    save_weights_atomic(model, run.checkpoints / "best.weights.h5")
+                    save_weights_atomic(model, run.checkpoints / "best.weights.h5", optimizer=False)
             else:
                 wait_var.assign_add(1)
             stop = bool(patience and int(wait_var.numpy()) >= patience and epoch > 0)

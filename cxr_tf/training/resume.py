@@ -80,13 +80,29 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return path
 
 
-def save_weights_atomic(model: keras.Model, path: str | os.PathLike) -> Path:
-    """``model.save_weights`` to a temporary ``.weights.h5`` then rename: never a half-written file."""
+def _optimizer_to_skip(model: keras.Model) -> list:
+    opt = getattr(model, "optimizer", None)
+    return [opt] if opt is not None else []
+
+
+def save_weights_atomic(model: keras.Model, path: str | os.PathLike, optimizer: bool = True) -> Path:
+    """``model.save_weights`` to a temporary ``.weights.h5`` then rename: never a half-written file.
+
+    Keras 3's ``save_weights`` also stores the optimizer's variables (Adam: two slots per
+    weight, so a file about 3x the model). ``optimizer=False`` leaves them out: the best
+    checkpoint is for inference and fine-tuning; only the resume backup needs them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}.weights.h5")
     try:
-        model.save_weights(str(tmp), overwrite=True)
+        if optimizer or not _optimizer_to_skip(model):
+            model.save_weights(str(tmp), overwrite=True)
+        else:
+            # the public save_weights has no switch for this; saving_lib's objects_to_skip is it
+            from keras.src.saving import saving_lib
+
+            saving_lib.save_weights_only(model, str(tmp), objects_to_skip=_optimizer_to_skip(model))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -95,6 +111,18 @@ def save_weights_atomic(model: keras.Model, path: str | os.PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def load_model_weights(model: keras.Model, path: str | os.PathLike) -> None:
+    """Load a weights-only checkpoint (``checkpoints/best.weights.h5``) into ``model``,
+    leaving its optimizer as it is (no "skipping variable loading for optimizer" warning)."""
+    skip = _optimizer_to_skip(model)
+    if not skip:
+        model.load_weights(str(path))
+        return
+    from keras.src.saving import saving_lib
+
+    saving_lib.load_weights_only(model, str(path), objects_to_skip=skip)
 
 
 # --------------------------------------------------------------------------- state
@@ -242,8 +270,8 @@ class ResumableBackup(keras.callbacks.Callback):
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """``ModelCheckpoint`` (weights only) that writes to a temporary file and renames it,
-    so a kill during the write never leaves a corrupt ``best.weights.h5``."""
+    """``ModelCheckpoint`` (weights only, no optimizer state) that writes to a temporary
+    file and renames it, so a kill during the write never leaves a corrupt ``best.weights.h5``."""
 
     def __init__(self, filepath, **kwargs):
         kwargs["save_weights_only"] = True
@@ -256,7 +284,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     def _save_model(self, epoch, batch, logs):
         filepath = self._get_file_path(epoch, batch, logs)
         if self._should_save_model(epoch, batch, logs, filepath):
-            save_weights_atomic(self.model, filepath)
+            save_weights_atomic(self.model, filepath, optimizer=False)
 
 
 # --------------------------------------------------------------------------- history

@@ -18,7 +18,7 @@ import platform
 import sys
 from pathlib import Path
 
-from cxr_tf.errors import CXRConfigError
+from cxr_tf.errors import FAILURE_HOOKS, CXRConfigError
 
 # Config fields that do not change what is computed, so a resumed run may differ in them.
 _RESUME_IGNORED = {"resume", "run_dir", "runs_dir", "on_error", "cache_dir"}
@@ -126,7 +126,52 @@ def create_run_dir(cfg, reuse: bool = False) -> RunDir:
     run.reused = (run.path / "config.json").exists()
     run.write_json("config.json", d)
     run.write_json("environment.json", environment())
+    if not run.reused:
+        _created.append(run.path)
     return run
+
+
+#: Run folders this process created (not reopened): candidates for removal on failure.
+_created: list[Path] = []
+
+
+def trained_anything(path: str | os.PathLike) -> bool:
+    """Whether a run folder holds any result of training: a history row, a checkpoint,
+    a resume state, a saved model or metrics (of the run or of a sweep cell)."""
+    path = Path(path)
+    for p in path.rglob("*"):
+        if p.name == "history.csv" and p.is_file() and len(p.read_text().splitlines()) > 1:
+            return True
+        if p.is_file() and (p.name.endswith((".weights.h5", ".keras")) or p.name in ("state.json", "metrics.json",
+                                                                                       "result.json")):
+            return True
+    return False
+
+
+def discard_untrained_runs() -> list[Path]:
+    """After a failed start (e.g. ``--weights imagenet`` offline): remove the run folders
+    this process created in which nothing was trained, so no empty run is left behind
+    for ``--resume`` or a reader of ``runs/`` to trip over. Returns the removed folders."""
+    import shutil
+
+    removed = []
+    while _created:
+        p = _created.pop()
+        if p.is_dir() and not trained_anything(p):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+            try:  # runs/<experiment>/ too when this was its only run
+                p.parent.rmdir()
+            except OSError:
+                pass
+    if removed:
+        print(f"[cxr_tf] nothing was trained: removed the run folder {', '.join(map(str, removed))}",
+              file=sys.stderr, flush=True)
+    return removed
+
+
+if discard_untrained_runs not in FAILURE_HOOKS:
+    FAILURE_HOOKS.append(discard_untrained_runs)
 
 
 def environment() -> dict:

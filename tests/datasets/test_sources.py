@@ -81,13 +81,15 @@ def test_medmnist_nan_is_an_error(tmp_path):
         load_medmnist(tmp_path / "bad.npz", splits=("train",))
 
 
-def test_folder_and_csv_real(data_dir):
+def test_folder_and_csv_real(data_dir, caplog):
     d = data_dir / "covid19_radiography"
-    with pytest.warns(UserWarning, match="own patient"):
+    with caplog.at_level("WARNING", logger="cxr_tf.datasets.sources"):
         ds = load_folder(d)
+    # one logged line with the manifest hint, no UserWarning with a source line
+    assert len(caplog.records) == 1 and "own patient" in caplog.text and "patient_id" in caplog.text
     assert ds.class_names == ["COVID", "Normal"] and len(ds) == 1000
-    with pytest.warns(UserWarning):
-        m = load_csv_manifest(d / "labels.csv")
+    assert "own patient" in ds.patients_from
+    m = load_csv_manifest(d / "labels.csv")
     assert m.class_counts() == {"COVID": 500, "Normal": 500}
     assert detect_format(d / "labels.csv") == "csv" and detect_format(data_dir / "kermany224") == "kermany"
 
@@ -123,3 +125,74 @@ def test_csv_manifest_errors(tmp_path):
 def test_load_dataset_unknown_format(tmp_path):
     with pytest.raises(CXRDatasetError, match="unknown format"):
         load_dataset(tmp_path, "tiff-stack")
+
+
+def _kermany_named_class_folders(kermany_dir, dest, n=6):
+    """``normal/`` and ``pneumonia/`` folders (lower case, no train/ level) of real Kermany
+    files that keep their Kermany names: a user's own 2-class set."""
+    train = kermany_dir / "train"
+    normal = sorted((train / "NORMAL").iterdir())[:n]
+    pneu = sorted(p for p in (train / "PNEUMONIA").iterdir() if "bacteria" in p.name)[:n]
+    pneu += sorted(p for p in (train / "PNEUMONIA").iterdir() if "virus" in p.name)[:n]
+    for cls, files in (("normal", normal), ("pneumonia", pneu)):
+        (dest / cls).mkdir(parents=True)
+        for f in files:
+            (dest / cls / f.name).symlink_to(f)
+    return dest
+
+
+def test_kermany_named_class_folders_stay_two_classes(kermany_dir, tmp_path, caplog):
+    from cxr_tf.datasets import is_kermany_layout
+
+    d = _kermany_named_class_folders(kermany_dir, tmp_path / "mine")
+    assert not is_kermany_layout(d) and detect_format(d) == "folder"
+    with caplog.at_level("WARNING"):
+        ds = load_dataset(d)
+    assert ds.class_names == ["normal", "pneumonia"]
+    assert ds.class_counts() == {"normal": 6, "pneumonia": 12}
+    assert "manifest" in caplog.text
+    # upper-case NORMAL/ PNEUMONIA/ without a train/test/val level are still the user's classes
+    (tmp_path / "upper").mkdir()
+    for a, b in (("normal", "NORMAL"), ("pneumonia", "PNEUMONIA")):
+        (tmp_path / "upper" / b).symlink_to(d / a, target_is_directory=True)
+    assert detect_format(tmp_path / "upper") == "folder"
+    # the published layout is Kermany's, from the root, the split folder or the data root
+    assert detect_format(kermany_dir) == "kermany" and detect_format(kermany_dir / "train") == "kermany"
+
+
+def test_csv_manifest_classes_from_labels_and_named_after_the_csv(tmp_path, caplog):
+    (tmp_path / "img").mkdir()
+    df = pd.DataFrame({"path": [f"img/{i}.png" for i in range(4)],
+                       "label": ["normal", "pneumonia", "pneumonia", "normal"], "patient_id": [1, 2, 3, 4]})
+    df.to_csv(tmp_path / "cohort_a.csv", index=False)
+    ds = load_csv_manifest(tmp_path / "cohort_a.csv")
+    assert ds.class_names == ["normal", "pneumonia"] and ds.name == "cohort_a"
+    assert ds.patients_from == "manifest column 'patient_id'"
+    with pytest.raises(CXRDatasetError, match="drop --classes"):
+        load_csv_manifest(tmp_path / "cohort_a.csv", class_names=["bacterial", "viral", "normal"])
+    df.drop(columns="patient_id").to_csv(tmp_path / "nopid.csv", index=False)
+    with caplog.at_level("WARNING"):
+        load_csv_manifest(tmp_path / "nopid.csv")
+    assert "path,label,patient_id" in caplog.text
+
+
+def test_patient_subset_real_kermany(kermany_dir):
+    """--max-images / --fraction on real data: whole patients, class mix kept, reproducible."""
+    from cxr_tf.datasets import patient_subset
+    from cxr_tf.errors import CXRConfigError
+
+    ds = load_kermany(kermany_dir, classes="pneumonia")
+    sub = patient_subset(ds, max_images=300, seed=0)
+    assert 250 <= len(sub) <= 300
+    full_n = pd.Series(ds.patient_ids).value_counts()
+    sub_n = pd.Series(sub.patient_ids).value_counts()
+    assert (sub_n == full_n[sub_n.index]).all()  # no patient cut in half
+    share = lambda d: d.class_counts()["pneumonia"] / len(d)
+    assert abs(share(sub) - share(ds)) < 0.05
+    assert list(patient_subset(ds, max_images=300, seed=0).items) == list(sub.items)
+    assert list(patient_subset(ds, max_images=300, seed=1).items) != list(sub.items)
+    tenth = patient_subset(ds, fraction=0.1, seed=0)
+    assert abs(len(tenth) / len(ds) - 0.1) < 0.02 and abs(share(tenth) - share(ds)) < 0.05
+    assert patient_subset(ds) is ds
+    with pytest.raises(CXRConfigError, match="--fraction"):
+        patient_subset(ds, fraction=1.5)

@@ -60,3 +60,64 @@ def test_training_curves_from_csvlogger_and_dict(tmp_path):
     assert_png(plot_training_curves(hist, tmp_path / "curves_dict.png"))
     with pytest.raises(CXRInputError):
         plot_training_curves(tmp_path / "missing.csv", tmp_path / "x.png")
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions save (to look at their axes, not only the PNG)."""
+    from cxr_tf.evaluation import plots
+
+    figs, save = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
+    return figs
+
+
+def _integer_ticks(ticks, lo, hi) -> bool:
+    shown = [t for t in ticks if lo <= t <= hi]
+    return bool(shown) and all(float(t).is_integer() for t in shown)
+
+
+def test_training_curves_epochs_from_one_best_epoch_marked_constant_lr_named(tmp_path, drawn):
+    from cxr_tf.evaluation import best_epoch
+
+    # a CSVLogger file: epochs counted from 0; val_auc best at the third epoch
+    hist = pd.DataFrame({"epoch": range(5), "loss": [1.0, 0.8, 0.6, 0.5, 0.4], "val_loss": [1.0, 0.9, 0.7, 0.8, 0.9],
+                         "auc": [0.6, 0.7, 0.8, 0.85, 0.9], "val_auc": [0.6, 0.7, 0.78, 0.76, 0.78],
+                         "learning_rate": [1e-3] * 5})
+    assert best_epoch(hist) == 3  # the checkpoint keeps the first epoch reaching the best
+    assert_png(plot_training_curves(hist, tmp_path / "c.png"))
+    fig = drawn[-1]
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["loss", "auc"]  # no panel for a constant learning rate
+    assert "learning rate 0.001 (constant)" in fig._suptitle.get_text()
+    assert len(fig.axes) == 2  # no empty panels
+    for ax in panels:
+        xs = [line.get_xdata() for line in ax.get_lines()]
+        assert min(x[0] for x in xs) == 1  # epochs from 1, as Keras prints "Epoch 1/5"
+        assert _integer_ticks(ax.get_xticks(), *ax.get_xlim())
+        marks = [line for line in ax.get_lines() if "best checkpoint" in str(line.get_label())]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [3, 3]
+    # a schedule keeps its panel
+    hist["learning_rate"] = [1e-3 * 0.5 ** i for i in range(5)]
+    plot_training_curves(hist, tmp_path / "d.png")
+    assert [ax.get_title() for ax in drawn[-1].axes] == ["loss", "auc", "learning rate"]
+
+
+def test_pr_chance_lines_and_histograms_readable(tmp_path, drawn):
+    from cxr_tf.evaluation import plot_probability_histograms
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    p = rng.dirichlet([1, 1, 1], 120)
+    plot_pr(y, p, ["a", "b", "c"], tmp_path / "pr.png")
+    chance = [line for line in drawn[-1].axes[0].get_lines() if "prevalence" in str(line.get_label())]
+    assert sorted(round(line.get_ydata()[0], 3) for line in chance) == sorted(
+        round(float((y == k).mean()), 3) for k in range(3))
+    yb = (rng.random(60) < 0.3).astype(int)
+    s = np.clip(0.3 + 0.4 * yb + rng.normal(0, 0.15, 60), 0, 1)
+    plot_probability_histograms(yb, np.stack([1 - s, s], 1), ["normal", "pneumonia"], tmp_path / "h.png",
+                                threshold=0.5)
+    ax = drawn[-1].axes[0]
+    colours = {tuple(patch.get_facecolor()) for patch in ax.patches}
+    assert len(colours) == 2  # two distinct colours, side by side (no blended overlap)
+    assert _integer_ticks(ax.get_yticks(), *ax.get_ylim())  # counts of images: no half-counts
