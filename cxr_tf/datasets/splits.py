@@ -101,13 +101,23 @@ def patient_subset(ds: CXRDataset, max_images: int = 0, fraction: float = 0.0, s
         return ds
     patients, strata = _patient_strata(ds)
     n_keep = int(np.clip(round(target / len(ds) * len(patients)), 1, len(patients) - 1))
-    keep, _ = train_test_split(patients, train_size=n_keep, random_state=seed,
-                               stratify=_stratify_or_none(strata, min(n_keep, len(patients) - n_keep)))
-    if max_images:  # patients differ in image counts: cut the (shuffled) draw where it fits
+    keep, rest = train_test_split(patients, train_size=n_keep, random_state=seed,
+                                  stratify=_stratify_or_none(strata, min(n_keep, len(patients) - n_keep)))
+    if max_images:
+        # Patients differ in image counts: walk the (shuffled) draw, then the other patients,
+        # taking each patient whose images still fit, so one large patient does not end the
+        # subset early.
         per_patient = pd.Series(ds.patient_ids).value_counts()
-        keep = keep[np.cumsum(per_patient[keep].to_numpy()) <= max_images]
-        if not len(keep):
-            raise CXRConfigError(f"--max-images {max_images} is smaller than one patient's images")
+        taken, total = [], 0
+        for p, n in zip(np.concatenate([keep, rest]), per_patient[np.concatenate([keep, rest])].to_numpy()):
+            if total + n <= max_images:
+                taken.append(p)
+                total += n
+                if total == max_images:
+                    break
+        if not taken:
+            raise CXRConfigError(f"--max-images {max_images} is smaller than any patient's image count")
+        keep = np.asarray(taken)
     return ds.subset(np.isin(ds.patient_ids, keep))
 
 

@@ -159,8 +159,8 @@ def take_subset(cfg, ds: CXRDataset) -> CXRDataset:
     sub = patient_subset(ds, max_images=max_images, fraction=fraction, seed=cfg.seed)
     if len(sub) < len(ds):
         log(f"subset (--max-images {max_images} / --fraction {fraction}): {len(sub)} of {len(ds)} images, "
-            f"{sub.meta['patient_id'].nunique()} of {ds.meta['patient_id'].nunique()} patients, "
-            f"classes {sub.class_counts()}")
+            f"{sub.meta['patient_id'].nunique()} of {ds.meta['patient_id'].nunique()} patients"
+            + ("" if sub.multilabel else f", classes {sub.class_counts()}"))
     return sub
 
 

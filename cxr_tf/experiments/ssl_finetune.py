@@ -207,10 +207,29 @@ def run(cfg: SSLFinetuneConfig) -> dict:
     meta = resolve_ssl_path(init)[1] if init else {}
     if meta and int(meta.get("image_size", cfg.image_size)) != cfg.image_size:
         common.log(f"note: SSL encoder pretrained at {meta['image_size']} px, fine-tuned at {cfg.image_size} px")
-    ds = common.load_experiment_data(cfg, cfg.classes)
-    common.log(ds.summary())
+    # The split is drawn on the whole data set, the one ssl_pretrain's "@train" sources
+    # reproduce; --max-images / --fraction then keep whole patients of it, each in its
+    # split (a split drawn on the subset could put pretraining images into the test set).
+    full = dataclasses.replace(cfg, max_images=0, fraction=0.0)
+    full.given = getattr(cfg, "given", frozenset())
+    ds = common.load_experiment_data(full, cfg.classes)
     ds = common.check_items(cfg, ds, run_dir)
     split = common.make_split(cfg, ds, run_dir)
+    if cfg.max_images or cfg.fraction:
+        from cxr_tf.datasets import patient_subset, save_splits
+
+        # the same share of each split (whole patients, class-stratified), so none runs empty
+        share = min(cfg.fraction or 1.0, cfg.max_images / len(ds) if cfg.max_images else 1.0)
+        keep = np.zeros(len(ds), bool)
+        for s in ("train", "val", "test"):
+            part = np.flatnonzero(split == s)
+            kept = patient_subset(ds.subset(part), fraction=share, seed=cfg.seed).patient_ids
+            keep[part[np.isin(ds.patient_ids[part], kept)]] = True
+        common.log(f"subset (--max-images {cfg.max_images} / --fraction {cfg.fraction}): {keep.sum()} of {len(ds)} "
+                   "images, the same share of each split")
+        ds, split = ds.subset(keep), split[keep]
+        save_splits(run_dir / "splits.csv", ds, split)
+    common.log(ds.summary())
     train_ds, val_ds, test_ds = (ds.subset(split == s) for s in ("train", "val", "test"))
     rows = []
     for fraction in cfg.fraction_list():
