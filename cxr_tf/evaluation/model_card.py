@@ -1,8 +1,9 @@
 """Model cards generated from a run's own files (never hand-written numbers).
 
 One writer for every place a model leaves the project: the run folder, the
-SavedModel export, the portable exports (ONNX / TFLite) and presets. The card is
-rendered from a plain dict (:func:`card_from_run` builds it from ``metrics.json``,
+SavedModel export, the portable exports (ONNX / TFLite, with their checks) and presets
+(from their metadata). The card is rendered from a plain dict (:func:`card_from_run`
+builds it from ``metrics.json``,
 ``config.json``, ``split_summary.csv`` and the optional calibration / operating-point /
 subgroup / shortcut-audit sections a run wrote), so its numbers are the metrics
 file's numbers by construction, and a test checks that.
@@ -56,7 +57,7 @@ def card_from_run(run_dir: str | os.PathLike, *, extra: Mapping | None = None) -
     ``operating_points.json``, ``subgroups.csv``, ``shortcut_audit.json``,
     ``export.json``. ``extra`` adds or overrides keys (e.g. ``data_sources``).
     """
-    run = Path(run_dir)
+    run = Path(str(run_dir))  # a RunDir, a str or a Path
     metrics = _read_json(run / "metrics.json")
     if metrics is None:
         from cxr_tf.errors import CXRInputError
@@ -77,6 +78,10 @@ def card_from_run(run_dir: str | os.PathLike, *, extra: Mapping | None = None) -
         card["subgroups"] = pd.read_csv(run / "subgroups.csv").to_dict("records")
     card.update(extra or {})
     return card
+
+
+def _f3(v) -> str:
+    return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
 def _metric_lines(m: Mapping) -> list[str]:
@@ -102,33 +107,86 @@ def _metric_lines(m: Mapping) -> list[str]:
     return out
 
 
+def _f4(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _export_lines(info: Mapping) -> list[str]:
+    """An export's file, input contract and the checks it passed when written."""
+    ho, ver = info.get("heldout") or {}, info.get("verification") or {}
+    size = info.get("image_size")
+    lines = [f"## Export: {info.get('format', 'savedmodel')}, quantisation {info.get('quantize', 'none')}", ""]
+    if info.get("file"):
+        lines.append(f"- File: `{info['file']}` ({info.get('bytes', 0):,} bytes); made {info.get('created_utc', '?')} "
+                     f"by cxr_tf {info.get('cxr_tf_version', '?')} from {info.get('source', '?')}.")
+    if info.get("class_names"):
+        lines.append(f"- Classes (output columns, in order): {', '.join(info['class_names'])}"
+                     + (" (independent sigmoid outputs)." if info.get("multilabel") else " (softmax)."))
+    if size:
+        lines.append(f"- Input: float32 `[N, {size}, {size}, 1]` in [0, 1]"
+                     + (" (or raw encoded images through `serving_default`)." if info.get("format") == "savedmodel"
+                        else ": decoded pixels through `preprocess_np.preprocess_images(pixels, "
+                             f"{size})` (NumPy only, equal to the SavedModel's in-graph preprocessing)."))
+    if ver:
+        lines.append(f"- Run by its own runtime on {ver.get('images')} held-out images: max |export - Keras| = "
+                     f"{ver.get('max_abs_diff_vs_keras', float('nan')):.3g} (tolerance {ver.get('tolerance')}).")
+    if ho:
+        lines.append(f"- Held-out split, {ho.get('images')} images: accuracy {_f4((ho.get('export') or {}).get('accuracy'))} "
+                     f"(Keras {_f4((ho.get('keras') or {}).get('accuracy'))}), AUC {_f4((ho.get('export') or {}).get('auc'))} "
+                     f"(Keras {_f4((ho.get('keras') or {}).get('auc'))})"
+                     + (" — **kept with --force despite a drop above the tolerance**" if ho.get("forced") else "") + ".")
+    if "int8_calibration" in info:
+        c = info["int8_calibration"]
+        lines.append(f"- int8 calibrated on {c['images']} training-split images (seed {c['seed']}); "
+                     "no held-out image was used.")
+    return lines + [""]
+
+
 def render_card(card: Mapping) -> str:
-    """Markdown for ``card`` (see :func:`card_from_run` for the keys)."""
+    """Markdown for ``card``.
+
+    Keys (all optional): ``title``, ``description``, ``run``, ``task``, ``class_names``,
+    ``intended_use`` (text), ``metrics`` (a metrics.json test block), ``metrics_sets``
+    (``{set: {metric: {"value", "ci95"}}}``), ``config``, ``data_sources`` (``[{"name" or
+    "source", "images", "licence"}]``), ``split_summary_csv``, ``calibration``,
+    ``operating_points``, ``subgroups``, ``shortcut_audit``, ``export``, ``limitations``,
+    ``provenance`` and ``notes``.
+    """
     m = card.get("metrics", {})
     cfg = card.get("config", {})
     names = m.get("class_names") or card.get("class_names") or []
     title = card.get("title") or f"Model card: {card.get('name', 'cxr_tf model')}"
     present: list[str] = ["intended_use", "limitations"]
     s = [f"# {title}", ""]
+    if card.get("description"):
+        s += [card["description"], ""]
     if card.get("run"):
         s += [f"Generated by cxr_tf from run `{card['run']}`'s own files.", ""]
 
     s += ["## Intended use", "",
           f"- Task: {card.get('task') or ('classify a frontal chest radiograph as ' + ' / '.join(names))}.",
-          f"- {NOT_CLINICAL}",
-          "- In scope: research on public CXR collections like the training data; teaching; a starting point "
+          f"- {card.get('intended_use') or NOT_CLINICAL}"]
+    if card.get("intended_use") and "NOT FOR CLINICAL USE" not in card["intended_use"].upper():
+        s.append(f"- {NOT_CLINICAL}")  # a custom text never drops the warning
+    s += ["- In scope: research on public CXR collections like the training data; teaching; a starting point "
           "for fine-tuning on the user's own labelled data.",
           "- Out of scope: any patient decision; lateral views, children vs adults or scanners not represented "
           "in the data below without re-validation; other modalities.", ""]
 
     data = card.get("data_sources")
+    if not data and card.get("run") and not cfg.get("data_dir"):
+        data = [{"name": "synthetic CXRs generated by cxr_tf.datasets.synthetic (no patient data)",
+                 "images": cfg.get("synthetic_n", "?"), "licence": "the project's own"}]
     if data or cfg.get("data_dir") or card.get("split_summary_csv"):
         present.append("data")
         s += ["## Data", ""]
-        for d in data or []:
-            s.append(f"- {d.get('name')}: {d.get('images', '?')} images; licence: {d.get('licence', 'unknown')}"
-                     + (f"; {d['note']}" if d.get("note") else ""))
-        if cfg.get("data_dir") and not data:
+        if data:
+            s += ["| source | images | licence |", "|---|---:|---|"]
+            for d in data:
+                n = d.get("images", "?")
+                s.append(f"| {d.get('name') or d.get('source')} | {f'{n:,}' if isinstance(n, int) else n} | "
+                         f"{d.get('licence', 'unknown')} |")
+        elif cfg.get("data_dir"):
             s.append(f"- `{Path(str(cfg['data_dir'])).name}` (format {cfg.get('format', 'auto')})")
         if card.get("split_summary_csv"):
             present.append("split")
@@ -140,8 +198,10 @@ def render_card(card: Mapping) -> str:
         present.append("model")
         s += ["## Model", "",
               f"- {cfg.get('backbone')} at {cfg.get('image_size')} px, head {cfg.get('head', '?')}, "
-              f"weights {cfg.get('weights', '?')}, freeze_until {cfg.get('freeze_until', '?')}; "
-              f"{cfg.get('epochs', '?')} epochs, lr {cfg.get('lr', '?')}.",
+              + (f"{'sigmoid (multi-label)' if cfg.get('multilabel') else 'softmax'} over {len(names)} classes"
+                 f" ({', '.join(names)}, in output order)." if "epochs" not in cfg else
+                 f"weights {cfg.get('weights', '?')}, freeze_until {cfg.get('freeze_until', '?')}; "
+                 f"{cfg.get('epochs', '?')} epochs, lr {cfg.get('lr', '?')}."),
               "- Input: one grey channel scaled per image to [0, 1], aspect kept, zero padded.", ""]
 
     if m:
@@ -149,13 +209,30 @@ def render_card(card: Mapping) -> str:
         s += [f"## Performance (held-out test split, n = {m.get('n', '?')})", "",
               f"Decision rule: {m.get('decision_rule', 'argmax')}.", "", *_metric_lines(m), ""]
 
+    sets = card.get("metrics_sets")
+    if sets:
+        present.append("metrics")
+        s += ["## Metrics (95% CI)", "", "| held-out set | metric | value | 95% CI |", "|---|---|---:|---|"]
+        for set_name, ms in sets.items():
+            for k, v in ms.items():
+                val = v.get("value") if isinstance(v, dict) else v
+                ci = v.get("ci95") if isinstance(v, dict) else None
+                s.append(f"| {set_name} | {k} | {_f3(val)} | {f'[{ci[0]:.3f}, {ci[1]:.3f}]' if ci else 'n/a'} |")
+        s.append("")
+
     cal = card.get("calibration")
-    if cal:
+    s += ["## Calibration", ""]
+    if cal and "ece_before" in cal:
         present.append("calibration")
         b, a = cal["ece_before"], cal["ece_after"]
-        s += ["## Calibration", "",
-              f"Temperature scaling fitted on the validation split: T = {cal['temperature']:.3f}. "
-              f"Test ECE ({cal.get('n_bins', 15)} bins) {fmt_ci(b, 'ci')} before, {fmt_ci(a, 'ci')} after.", ""]
+        s += [f"Temperature scaling fitted on the validation split: T = {cal['temperature']:.3f}; served "
+              f"probabilities are calibrated. Test ECE ({cal.get('n_bins', 15)} bins) {fmt_ci(b, 'ci')} before, "
+              f"{fmt_ci(a, 'ci')} after.", ""]
+    elif cal:
+        present.append("calibration")
+        s += [json.dumps(cal, sort_keys=True), ""]
+    else:
+        s += ["Not calibrated: probabilities are the model's own.", ""]
 
     op = card.get("operating_points")
     if op:
@@ -181,12 +258,22 @@ def render_card(card: Mapping) -> str:
             s.append(f"- {k.replace('_', ' ')}: {v if not isinstance(v, (dict, list)) else json.dumps(v)}")
         s.append("")
 
+    if card.get("export"):
+        s += _export_lines(card["export"])
+
     s += ["## Known limitations", ""]
     s += [f"- {x}" for x in card.get("limitations", [])]
     s += ["- A patient-level test split of the training collection flatters a model: images from another "
           "site, period or scanner score lower. Validate on your own data before relying on any number here.",
           "- Public CXR collections mix sources per class (e.g. pediatric normals vs adult COVID): a model can "
           "learn the source instead of the disease; see the shortcut audit where present.", ""]
+
+    prov = card.get("provenance")
+    if prov:
+        s += ["## Provenance", ""] + [f"- {k.replace('_', ' ')}: `{v}`" for k, v in prov.items() if v] + [""]
+    s += [f"{n}" for n in card.get("notes", [])]
+    if card.get("notes"):
+        s.append("")
 
     s += ["## Reporting checklists covered", "",
           "| section | items |", "|---|---|"]
@@ -199,7 +286,7 @@ def write_model_card(path: str | os.PathLike, card: Mapping) -> str:
     """Write ``render_card(card)`` to ``path`` (a folder gets ``MODEL_CARD.md``)."""
     from cxr_tf.io._common import atomic_write
 
-    p = Path(path)
+    p = Path(str(path))
     if p.is_dir():
         p = p / CARD_FILE
     text = render_card(card)

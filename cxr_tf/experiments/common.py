@@ -287,8 +287,74 @@ def write_tensorboard_summaries(run, metrics: dict, class_names, step: int, weig
     writer.flush()
 
 
+#: Fewest validation images (and >= 5 per class) to fit a temperature on: on the smoke
+#: runs' 11 images T ran to its bound (20) and doubled the test ECE.
+MIN_CALIBRATION_IMAGES = 30
+
+
+def calibrate_and_choose(cfg, run, class_names, y_val, p_val, y_test, p_test, multilabel: bool = False):
+    """Temperature scaling and operating points, both fitted on VALIDATION predictions.
+
+    Writes ``calibration.json`` (T, test ECE with CIs before and after, NLL),
+    ``plots/reliability.png`` and ``operating_points.json`` (one threshold per class by
+    ``--operating-rule``). Returns ``(calibration or None, binary threshold or None,
+    operating points, p_val, p_test)`` with the probabilities calibrated when
+    ``--calibrate``: thresholds and test metrics then live on the calibrated scale the
+    export serves (temperature keeps every ranking and the arg-max, so AUC and accuracy
+    are unchanged; the threshold's value moves with the scale).
+    """
+    from cxr_tf.evaluation.calibration import (apply_temperature, calibration_summary, operating_points,
+                                               parse_rule, plot_reliability_diagram)
+    from cxr_tf.evaluation.thresholds import choose_threshold
+
+    cal = None
+    counts = np.bincount(np.asarray(y_val).astype(int), minlength=len(class_names)) if not multilabel else None
+    enough = len(y_val) >= MIN_CALIBRATION_IMAGES and (multilabel or counts.min() >= 5)
+    if getattr(cfg, "calibrate", False) and not enough:
+        log(f"calibration skipped: {len(y_val)} validation images (needs >= {MIN_CALIBRATION_IMAGES}, >= 5 per "
+            "class); a temperature fitted on fewer overfits them")
+    if getattr(cfg, "calibrate", False) and enough:
+        cal = calibration_summary(y_val, p_val, y_test, p_test, multilabel=multilabel, seed=cfg.seed)
+        t = cal["temperature"]
+        p_val_c, p_test_c = (apply_temperature(p, t, multilabel) for p in (p_val, p_test))
+        plot_reliability_diagram(y_test, {"before": p_test, f"after T={t:.2f}": p_test_c},
+                                 run.plots / "reliability.png", multilabel=multilabel,
+                                 title="Reliability on the test split (T fitted on validation)")
+        run.write_json("calibration.json", cal)
+        log(f"calibration: T={t:.3f} (fitted on validation); test ECE {cal['ece_before']['value']:.3f} -> "
+            f"{cal['ece_after']['value']:.3f}")
+        p_val, p_test = p_val_c.astype(np.float32), p_test_c.astype(np.float32)
+    rule = getattr(cfg, "operating_rule", "youden")
+    method, target = parse_rule(rule)
+    op = operating_points(y_val, p_val, class_names, rule=rule, multilabel=multilabel)
+    run.write_json("operating_points.json", op)
+    threshold = None
+    if len(class_names) == 2 and not multilabel:
+        threshold = float(choose_threshold(np.asarray(y_val) == 1, p_val[:, 1], method=method, target=target))
+    return cal, threshold, op, p_val, p_test
+
+
+def write_run_model_card(run, export_path: str | None = None, extra: dict | None = None) -> str:
+    """``MODEL_CARD.md`` in the run folder, from the run's own files (after metrics.json),
+    and the same card beside the SavedModel when there is one."""
+    import shutil
+
+    from cxr_tf.evaluation.model_card import card_from_run, write_model_card
+
+    dup = Path(str(run)) / "duplicates.json"
+    if dup.is_file() and not (Path(str(run)) / "shortcut_audit.json").is_file():
+        counts = json.loads(dup.read_text())
+        extra = {"shortcut_audit": {k: counts[k] for k in ("pairs", "cross_split_pairs", "patient_leakage_pairs",
+                                                           "cross_source_pairs") if k in counts}, **(extra or {})}
+    path = write_model_card(run, card_from_run(run, extra=extra))
+    if export_path:
+        shutil.copy(path, Path(export_path) / "MODEL_CARD.md")
+    return path
+
+
 def export_and_verify(cfg, model, test_ds: CXRDataset, name: str, saved_models_dir: str, n_check: int = 8,
-                      extra_metadata: dict | None = None) -> dict:
+                      extra_metadata: dict | None = None, calibration: dict | None = None,
+                      class_thresholds=None) -> dict:
     """Export for TF Serving and check served == offline predictions on real test files."""
     from cxr_tf.data import image_dataset
     from cxr_tf.export import export_for_serving, load_exported
@@ -309,6 +375,7 @@ def export_and_verify(cfg, model, test_ds: CXRDataset, name: str, saved_models_d
         model, saved_models_dir, name=name, class_names=model.class_names, image_size=model.image_size,
         metadata={"experiment": cfg.experiment, "config": config, "parameters": model.parameter_counts(), **extra},
         warmup_images=warm or None, multilabel=model.multilabel, threshold=threshold,
+        calibration=calibration, class_thresholds=class_thresholds,
     )
     out = {"path": str(res.path), "version": res.version}
     out["sizes"] = dict(res.sizes)
@@ -316,6 +383,10 @@ def export_and_verify(cfg, model, test_ds: CXRDataset, name: str, saved_models_d
     sub = test_ds.subset(np.arange(min(n_check, len(test_ds))))
     x = np.stack([im.numpy() for im, _ in image_dataset(sub, model.image_size)])
     offline = np.asarray(model.predict(x, verbose=0))
+    if calibration:  # the export serves calibrated probabilities: compare like with like
+        from cxr_tf.evaluation.calibration import apply_temperature
+
+        offline = apply_temperature(offline, calibration["temperature"], model.multilabel)
     # predict_images takes raw float images (any size/range) and preprocesses in-graph,
     # so it is fed what a client has: the decoded pixels, one image per call.
     served_float = np.concatenate([exported.predict_images(raw[None]) for raw in _raw_images(sub)])
@@ -323,6 +394,7 @@ def export_and_verify(cfg, model, test_ds: CXRDataset, name: str, saved_models_d
     if check_bytes:
         diffs["serving_default"] = float(np.abs(exported.predict_bytes(check_bytes[: len(sub)]) - offline).max())
     out["max_abs_diff_vs_keras"] = diffs
+
     # one TF Serving config for every model under saved_models_dir (docker: --model_config_file)
     from cxr_tf.export import write_models_config
 

@@ -113,7 +113,7 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
 
     t0 = time.time()
     strategy = common.setup_runtime(cfg)
-    from cxr_tf.evaluation import choose_threshold, evaluate_predictions, plot_training_curves
+    from cxr_tf.evaluation import evaluate_predictions, plot_training_curves
     from cxr_tf.models import build_model
     from cxr_tf.training.loop import compile_classifier
     from cxr_tf.training.run import create_run_dir
@@ -151,10 +151,10 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
     common.restore_best(model, run_dir)
 
     y_val, p_val = common.evaluate_split(model, pipes[1], val_ds)
-    threshold = None
-    if ds.num_classes == 2:  # operating point chosen on validation data, reported on test
-        threshold = float(choose_threshold(y_val == 1, p_val[:, 1], method="youden"))
     y_test, p_test = common.evaluate_split(model, pipes[2], test_ds)
+    # temperature scaling and the operating point(s), both fitted on validation, reported on test
+    calibration, threshold, op, p_val, p_test = common.calibrate_and_choose(
+        cfg, run_dir, ds.class_names, y_val, p_val, y_test, p_test)
     from cxr_tf.evaluation import classification_metrics
 
     val_metrics = classification_metrics(y_val, p_val, ds.class_names, threshold=threshold, n_boot=200)
@@ -173,13 +173,17 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
     if cfg.export:
         name = cfg.export_name or f"pneumonia_{_classes_tag(ds.class_names)}_{cfg.backbone}"
         export = common.export_and_verify(cfg, model, test_ds, name, cfg.saved_models_dir,
-                                          extra_metadata={"threshold": threshold, "run_dir": str(run_dir)})
+                                          extra_metadata={"threshold": threshold, "run_dir": str(run_dir),
+                                                          "operating_points": op},
+                                          calibration=calibration)
         common.log(f"exported {export['path']} (max |served - offline| = {export['max_abs_diff_vs_keras']})")
 
     summary = {
         **metrics,
         "split": "test",
         "threshold": threshold,
+        "calibration": calibration and {k: calibration[k] for k in ("method", "temperature", "fit_on")},
+        "operating_points": op,
         "validation": {k: val_metrics[k] for k in ("accuracy", "macro_auc", "averaged_accuracy") if k in val_metrics},
         "parameters": params,
         "epochs_run": len(history.get("loss", [])),
@@ -190,11 +194,16 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
     from cxr_tf.evaluation import write_metrics_json
 
     write_metrics_json(str(run_dir / "metrics.json"), summary)
+    common.write_run_model_card(run_dir, export and export["path"])
     common.finish_run(run_dir)
     with open(run_dir / "report.md", "a") as f:
         f.write(f"\n## Run\n\n- parameters: {json.dumps(params)}\n- fit: {fit_s:.0f} s, wall: {summary['wall_seconds']} s\n"
-                f"- export: {export and export['path']}\n\n### training curves\n\n"
-                "![training curves](plots/training_curves.png)\n")
+                f"- export: {export and export['path']}\n- model card: [MODEL_CARD.md](MODEL_CARD.md)\n"
+                + (f"- calibration: T = {calibration['temperature']:.3f} fitted on validation; test ECE "
+                   f"{calibration['ece_before']['value']:.3f} -> {calibration['ece_after']['value']:.3f}; "
+                   "probabilities and thresholds above are calibrated\n\n![reliability](plots/reliability.png)\n"
+                   if calibration else "")
+                + "\n### training curves\n\n![training curves](plots/training_curves.png)\n")
     common.log(f"test: accuracy {_v(metrics, 'accuracy'):.3f}, macro AUC {_v(metrics, 'macro_auc'):.3f}; "
                f"report {run_dir / 'report.md'}")
     common.print_tensorboard_hint(run_dir)

@@ -634,44 +634,25 @@ def _export_savedmodel(src, keras_model, info, out, name, heldout, x_held, p_ker
 
 # --------------------------------------------------------------------------- model card
 def model_card(info: dict) -> str:
-    """A short Markdown model card from an export's metadata."""
-    ho, ver = info.get("heldout") or {}, info.get("verification") or {}
+    """The export's model card (:mod:`cxr_tf.evaluation.model_card`): its classes, operating
+    point and calibration, and the checks it passed; with the source run's metrics when the
+    run folder is reachable."""
+    from cxr_tf.evaluation.model_card import card_from_run, render_card
 
-    def f(v):
-        return "n/a" if v is None else f"{v:.4f}"
-    lines = [
-        f"# Model card: {info['model_name']} ({info['format']}, quantisation {info['quantize']})",
-        "",
-        f"- File: `{info.get('file')}` ({info.get('bytes', 0):,} bytes); made {info['created_utc']} by cxr_tf "
-        f"{info['cxr_tf_version']} from {info['source']}.",
-        f"- Classes (output columns, in order): {', '.join(info['class_names'])}"
-        + (" (independent sigmoid outputs)" if info["multilabel"] else " (softmax)") + ".",
-        f"- Input: float32 `[N, {info['image_size']}, {info['image_size']}, 1]` in [0, 1]"
-        + (" (or raw encoded images through `serving_default`)." if info["format"] == "savedmodel" else
-           ": decoded pixels through `preprocess_np.preprocess_images(pixels, "
-           f"{info['image_size']})` (NumPy only, equal to the SavedModel's in-graph preprocessing)."),
-        f"- Decision threshold (the source's, on P({info['class_names'][-1]})): "
-        f"{'none (argmax)' if info['threshold'] is None else round(info['threshold'], 4)}.",
-        f"- Calibration: {json.dumps(info['calibration']) + ' (recorded here; the outputs are the model' + chr(39) + 's own probabilities)' if info['calibration'] else 'none recorded'}.",
-        "",
-        "## Checks at export",
-        "",
-        f"- Run by its own runtime on {ver.get('images')} held-out images: max |export - Keras| = "
-        f"{ver.get('max_abs_diff_vs_keras', float('nan')):.3g} (tolerance {ver.get('tolerance')}).",
-        f"- Held-out split, {ho.get('images')} images: accuracy {f((ho.get('export') or {}).get('accuracy'))} "
-        f"(Keras {f((ho.get('keras') or {}).get('accuracy'))}), AUC {f((ho.get('export') or {}).get('auc'))} "
-        f"(Keras {f((ho.get('keras') or {}).get('auc'))})"
-        + (" — **kept with --force despite a drop above the tolerance**" if ho.get("forced") else "") + ".",
-    ]
-    if "int8_calibration" in info:
-        c = info["int8_calibration"]
-        lines.append(f"- int8 calibrated on {c['images']} training-split images (seed {c['seed']}); "
-                     "no held-out image was used.")
-    lines += ["", "## Intended use", "",
-              "Research and engineering evaluation only; not a medical device. Performance on data from "
-              "another site, scanner or population than the held-out split above is unknown until measured "
-              "(`cxr-tf evaluate`).", ""]
-    return "\n".join(lines)
+    names = list(info["class_names"])
+    base = {"title": f"Model card: {info['model_name']} ({info['format']}, quantisation {info['quantize']})",
+            "class_names": names, "export": info,
+            "config": {"image_size": info["image_size"], "multilabel": info["multilabel"]},
+            "calibration": info.get("calibration")}
+    if info.get("threshold") is not None and len(names) == 2:
+        base["operating_points"] = {"rule": "the source's validation-chosen threshold",
+                                    "thresholds": {names[1]: info["threshold"]}}
+    run = (info.get("metadata") or {}).get("run_dir")
+    if run and (Path(str(run)) / "metrics.json").is_file():
+        card = card_from_run(run)
+        card.update({k: v for k, v in base.items() if v is not None or k not in card})
+        return render_card(card)
+    return render_card(base)
 
 
 def _cxr_tf_version() -> str:

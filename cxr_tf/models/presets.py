@@ -163,57 +163,34 @@ def _fmt(v) -> str:
 
 
 def model_card(meta: PresetMetadata, config: dict | None = None) -> str:
-    """The MODEL_CARD.md text, written only from ``meta`` (and the config's architecture)."""
-    mc = (config or {}).get("model", {})
-    lines = [f"# {meta.name}", "", meta.description or "(no description)", "",
-             "## Intended use", "", meta.intended_use, ""]
-    if "NOT FOR CLINICAL USE" not in meta.intended_use.upper():  # a custom text never drops the warning
-        lines += ["**Not for clinical use.**", ""]
-    lines += ["## Model", "",
-             f"- backbone: `{mc.get('backbone', '?')}`, head `{mc.get('head', '?')}`, "
-             f"{'sigmoid (multi-label)' if mc.get('multilabel') else 'softmax'} over {len(meta.class_names)} classes",
-             f"- input: {meta.image_size} x {meta.image_size} gray, per-image min-max scaled to [0, 1], "
-             "aspect kept with zero padding (cxr_tf.data.preprocess)",
-             f"- classes (output order): {', '.join(meta.class_names)}",
-             f"- weights: `{WEIGHTS_FILE}` ({meta.weights_dtype}), sha256 `{meta.weights_sha256}`", ""]
-    lines += ["## Operating thresholds", ""]
-    if meta.thresholds:
-        lines += [f"- {c}: {t:.4f}" for c, t in meta.thresholds.items()]
-        lines += ["", "Chosen on validation data; a decision is positive when its probability >= the threshold."]
-    else:
-        lines += ["None stated: decisions are the most probable class (multi-label: 0.5)."]
-    lines += ["", "## Calibration", "", json.dumps(meta.calibration) if meta.calibration else "Not calibrated.", ""]
-    lines += ["## Training data", ""]
-    if meta.training_data:
-        lines += ["| source | images | licence |", "|---|---:|---|"]
-        lines += [f"| {s['source']} | {s['images']:,} | {s['licence']} |" for s in meta.training_data]
-    else:
-        lines += ["Not stated."]
+    """The MODEL_CARD.md text, written only from ``meta`` (and the config's architecture)
+    by the project's one card writer (:mod:`cxr_tf.evaluation.model_card`)."""
+    from cxr_tf.evaluation.model_card import render_card
+
+    mc = dict((config or {}).get("model", {}))
+    notes = []
     if "splits.csv" in (meta.extra.get("files") or []):
-        lines += ["", "Which images it saw: `splits.csv` in this folder (item, patient, split). Do not "
-                      "evaluate it on its train or val items."]
-    lines += ["", "## Metrics (95% CI)", ""]
-    if meta.metrics:
-        lines += ["| held-out set | metric | value | 95% CI |", "|---|---|---:|---|"]
-        for set_name, ms in meta.metrics.items():
-            for m, v in ms.items():
-                val = v.get("value") if isinstance(v, dict) else v
-                ci = v.get("ci95") if isinstance(v, dict) else None
-                ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
-                lines.append(f"| {set_name} | {m} | {_fmt(val)} | {ci_s} |")
-    else:
-        lines += ["None reported."]
-    lines += ["", "## Known failure modes and shortcuts", ""]
-    lines += [f"- {x}" for x in meta.limitations] or ["None documented yet; treat results outside the held-out "
-                                                      "sets above as unknown."]
-    lines += ["", "## Provenance", "", f"- command: `{meta.command or 'not recorded'}`",
-              f"- git commit: `{meta.git_commit or 'not recorded'}`", f"- created: {meta.created_utc}",
-              f"- cxr_tf {meta.cxr_tf_version}", "",
-              "Written by cxr_tf.models.presets.model_card from metadata.json; edit the metadata, not this file.", ""]
-    return "\n".join(lines)
+        notes.append("Which images it saw: `splits.csv` in this folder (item, patient, split). Do not "
+                     "evaluate it on its train or val items.")
+    notes.append("Written by cxr_tf.models.presets.model_card from metadata.json; edit the metadata, not this file.")
+    return render_card({
+        "title": meta.name, "description": meta.description or "(no description)",
+        "class_names": list(meta.class_names), "intended_use": meta.intended_use,
+        "config": {**mc, "image_size": meta.image_size},
+        "data_sources": [{"name": d["source"], "images": d["images"], "licence": d["licence"]}
+                         for d in meta.training_data],
+        "metrics_sets": meta.metrics,
+        "operating_points": {"rule": "validation (stated in the metadata)", "thresholds": meta.thresholds}
+        if meta.thresholds else None,
+        "calibration": meta.calibration,
+        "limitations": list(meta.limitations),
+        "provenance": {"weights": f"{WEIGHTS_FILE} ({meta.weights_dtype})", "sha256": meta.weights_sha256,
+                       "command": meta.command or "not recorded", "git_commit": meta.git_commit or "not recorded",
+                       "created": meta.created_utc, "cxr_tf": meta.cxr_tf_version},
+        "notes": notes,
+    })
 
 
-# ----------------------------------------------------------------------------- locations
 def presets_home() -> Path:
     """The user cache: ``$CXR_TF_HOME/presets`` (default ``~/.cache/cxr_tf/presets``)."""
     return Path(os.environ.get("CXR_TF_HOME") or "~/.cache/cxr_tf").expanduser() / "presets"

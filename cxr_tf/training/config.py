@@ -68,6 +68,10 @@ class TrainConfig:
     cpu_devices: int = opt(0, ">1: MirroredStrategy over this many logical CPU devices (testing)")
     deterministic: bool = opt(False, "bit-reproducible TF ops (slower)")
     on_error: str = opt("raise", "unreadable image files: raise (stop) | skip (listed in skipped.csv)")
+    calibrate: bool = opt(True, "fit temperature scaling on the validation split; exports serve calibrated "
+                                "probabilities (ECE before/after in calibration.json)")
+    operating_rule: str = opt("youden", "operating point per class, chosen on validation: youden | "
+                                        "sensitivity:T | specificity:T")
     duplicate_audit: bool = opt(True, "near-duplicate audit of the split (duplicates.csv/.png/.json in the run)")
     dedupe: bool = opt(False, "drop near-duplicate copies after splitting (one kept per group, train preferred)")
     duplicate_threshold: int = opt(36, "near-duplicate pHash Hamming distance (of 256 bits)")

@@ -89,7 +89,7 @@ def test_metadata_round_trip_and_card(home):
     assert "NOT FOR CLINICAL USE" in card
     assert "| kermany224 | 4,100 | CC BY 4.0 |" in card
     assert "| kermany224 test (patients held out) | macro_auc | 0.910 | [0.880, 0.940] |" in card
-    assert "pneumonia: 0.3700" in card and "over-calls pneumonia" in card and meta.weights_sha256 in card
+    assert "| pneumonia | 0.3700 |" in card and "over-calls pneumonia" in card and meta.weights_sha256 in card
 
 
 @pytest.mark.parametrize("bad, match", [
