@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.datasets.contract import CXRDataset
+from cxr_tf.io import display_name
 from cxr_tf.datasets.duplicates import DEFAULT_THRESHOLD, N_BITS, dedupe_mask, find_duplicates
 
 CSV_COLUMNS = ["item_a", "item_b", "split_a", "split_b", "source_a", "source_b", "patient_a", "patient_b",
@@ -102,9 +103,7 @@ def thumbnail_sheet(ds: CXRDataset, pairs: pd.DataFrame, path: str | os.PathLike
             x0 = cc * cell_w + s_i * size
             oy, ox = (size - t.shape[0]) // 2, (size - t.shape[1]) // 2
             mosaic[y0 + oy:y0 + oy + t.shape[0], x0 + ox:x0 + ox + t.shape[1]] = t
-            # a name that is not valid UTF-8 carries surrogates, which fonts cannot draw
-            name = os.path.basename(str(r[f"item_{side}"])).encode("utf-8", "surrogateescape").decode(
-                "utf-8", "replace")
+            name = display_name(str(r[f"item_{side}"]))  # surrogates: fonts cannot draw them
             texts.append((x0 + size / 2, y0 - 2, f"{r[f'source_{side}']}\n{name[:24]} [{r[f'split_{side}'] or '-'}]",
                           "black", "bottom"))
         texts.append((cc * cell_w + 4, y0 + size - 4, f"d={int(r['distance'])}", "white", "bottom"))

@@ -40,7 +40,7 @@ def run(a) -> list[Path]:
 
     from cxr_tf.explain import Explainer, border_mass, load_images, load_keras_model, map_warnings, save_explanation
     from cxr_tf.explain.loading import export_threshold
-    from cxr_tf.io import read_image
+    from cxr_tf.io import display_name, read_image
 
     model = load_keras_model(a.model)
     size = int(model.input.shape[1])
@@ -59,7 +59,7 @@ def run(a) -> list[Path]:
     ex = Explainer(model, a.method, layer=a.layer, max_n=a.max_n or None)
     print(f"[cxr_tf] {ex.layer_reason}")
     cams = ex(x, target)
-    warnings = map_warnings(cams, [Path(p).name for p in a.images])
+    warnings = map_warnings(cams, [display_name(p) for p in a.images])
     for w in warnings:
         print(f"[cxr_tf] warning: {w}")
     written, rows = [], []
@@ -71,13 +71,13 @@ def run(a) -> list[Path]:
             label = (f"{names[k]} | P({names[1]})={prob[i, 1]:.3f} "
                      f"{'>=' if prob[i, 1] >= threshold else '<'} threshold {threshold:.3f} | {a.method}")
         paths = save_explanation(read_image(path), cams[i], a.out, stem, label=label,
-                                 title=f"{Path(path).name}: {a.method} on {ex.layer}"
+                                 title=f"{display_name(path)}: {a.method} on {ex.layer}"
                                        + (f" ({ex.grid[0]}x{ex.grid[1]})" if ex.grid else ""))
         written += list(paths.values())
         rows.append({"file": str(path), "predicted": names[int(decided[i])], "explained": names[k],
                      **{f"p_{n}": float(v) for n, v in zip(names, prob[i])},
                      "border_share": float(border_mass(cams[i])[0]), "layer": ex.layer,
-                     "warnings": "; ".join(w for w in warnings if w.startswith(Path(path).name + ":"))})
+                     "warnings": "; ".join(w for w in warnings if w.startswith(display_name(path) + ":"))})
     out = Path(a.out)
     # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes
     # (cxr_tf.io.CSV_ENCODING) instead of crashing after the CAMs were computed.

@@ -4,7 +4,7 @@ validation and the decode-once PNG cache for DICOM.
 Every failure is a :class:`cxr_tf.errors.CXRImageError` (``CXRDicomError`` for
 DICOM) naming the file and the cause.
 """
-from ._common import DEFAULT_MAX_PIXELS
+from ._common import DEFAULT_MAX_PIXELS, display_name
 from .cache import cache_key, cache_path, to_png_cache
 from .dicom import SAFE_DICOM_TAGS, dicom_metadata_safe, read_dicom
 from .formats import SUPPORTED_FORMATS, TF_DECODABLE_FORMATS, sniff_format
@@ -16,6 +16,7 @@ __all__ = [
     "CSV_ENCODING",
     "GRAPH_FORMATS",
     "cache_path",
+    "display_name",
     "graph_input",
     "prepare_graph_inputs",
     "read_skip_list",

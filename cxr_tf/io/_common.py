@@ -189,3 +189,9 @@ def atomic_write(path: str, write, mode: str = "wb", **open_kwargs) -> str:
             pass
         raise
     return path
+
+
+def display_name(path) -> str:
+    """A file's name fit for a plot title or a log line: bytes that are not valid UTF-8
+    (kept as surrogates in Python paths) become U+FFFD, which fonts can draw."""
+    return os.path.basename(os.fspath(path)).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
