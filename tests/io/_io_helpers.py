@@ -87,3 +87,24 @@ def make_dicom_bytes(
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def mutate(draw, data: bytes, max_ops: int, head: int | None = None) -> bytes:
+    """Hypothesis: 1..``max_ops`` random bit flips, cuts, inserts or zeroed words of ``data``
+    (positions within the first ``head`` bytes when given: headers are where parsers break)."""
+    from hypothesis import strategies as st
+
+    data = bytearray(data)
+    for _ in range(draw(st.integers(1, max_ops))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "zero"]))
+        limit = len(data) if head is None else min(len(data), head)
+        pos = draw(st.integers(0, max(limit - 1, 0)))
+        if op == "flip" and data:
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "cut":
+            data = data[: draw(st.integers(0, len(data)))]
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        elif data:
+            data[pos:pos + 4] = b"\x00\x00\x00\x00"
+    return bytes(data)

@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from _io_helpers import encode_png, make_dicom_bytes, png_chunk
+from _io_helpers import encode_png, make_dicom_bytes, mutate, png_chunk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -269,20 +269,8 @@ def test_random_bytes_only_raise_cxr_image_error(data, suffix):
 @st.composite
 def mutated(draw):
     suffix = draw(st.sampled_from(sorted(SEEDS)))
-    data = bytearray(SEEDS[suffix])
-    for _ in range(draw(st.integers(1, 8))):
-        op = draw(st.sampled_from(["flip", "cut", "insert", "zero"]))
-        # Mutations cluster in the headers, where parsers are most fragile.
-        pos = draw(st.integers(0, min(len(data), 400) - 1)) if data else 0
-        if op == "flip" and data:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "cut":
-            data = data[: draw(st.integers(0, len(data)))]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif data:
-            data[pos : pos + 4] = b"\x00\x00\x00\x00"
-    return bytes(data), suffix
+    # Mutations cluster in the headers, where parsers are most fragile.
+    return mutate(draw, SEEDS[suffix], 8, head=400), suffix
 
 
 @pytest.mark.filterwarnings("ignore")

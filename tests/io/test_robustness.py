@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from _io_helpers import encode_png, make_dicom_bytes
+from _io_helpers import encode_png, make_dicom_bytes, mutate
 
 from cxr_tf.errors import CXRDatasetError, CXRImageError
 from cxr_tf.io import (graph_input, prepare_graph_inputs, read_image, read_skip_list, sniff_format,
@@ -342,19 +342,7 @@ if given is not None:
     @st.composite
     def _mutated(draw):
         name = draw(st.sampled_from(sorted(GRAPH_SEEDS)))
-        data = bytearray(GRAPH_SEEDS[name])
-        for _ in range(draw(st.integers(1, 6))):
-            op = draw(st.sampled_from(["flip", "cut", "insert", "zero"]))
-            pos = draw(st.integers(0, max(len(data) - 1, 0)))
-            if op == "flip" and data:
-                data[pos] ^= 1 << draw(st.integers(0, 7))
-            elif op == "cut":
-                data = data[: draw(st.integers(0, len(data)))]
-            elif op == "insert":
-                data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-            elif data:
-                data[pos:pos + 4] = b"\x00\x00\x00\x00"
-        return bytes(data), name
+        return mutate(draw, GRAPH_SEEDS[name], 6), name
 
     @pytest.mark.filterwarnings("ignore")
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
