@@ -16,6 +16,7 @@ import numpy as np
 
 from cxr_tf.datasets import CXRDataset, load_dataset, load_splits, patient_split, save_splits, split_summary
 from cxr_tf.errors import CXRConfigError
+from cxr_tf.training.inputs import train_pipeline  # noqa: F401  (experiments call common.train_pipeline)
 
 
 def log(msg: str) -> None:
@@ -176,19 +177,6 @@ def build_pipelines(cfg, ds: CXRDataset, split: np.ndarray, strategy):
     val = build_pipeline(val_ds, cfg.image_size, cfg.batch_size, training=False)
     test = build_pipeline(test_ds, cfg.image_size, cfg.batch_size, training=False)
     return (train_ds, val_ds, test_ds), (train, val, test)
-
-
-def train_pipeline(cfg, train_ds: CXRDataset):
-    """The training pipeline. Called again for anything that only looks at training
-    batches (the TensorBoard sample grid): with ``reshuffle_each_iteration`` every
-    iterator over ONE dataset object draws from a shared seed generator, so a second
-    iterator on the training object would change the batches training sees (and make
-    runs, resumed runs and workers disagree)."""
-    from cxr_tf.data import build_pipeline
-
-    balance = cfg.balance if cfg.balance == "oversample" else "none"
-    return build_pipeline(train_ds, cfg.image_size, cfg.batch_size, training=True, policy=cfg.augment,
-                          balance=balance, seed=cfg.seed)
 
 
 def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = True):

@@ -196,7 +196,7 @@ class UNetCBAM(keras.Model):
 
     def save_encoder(self, folder, metadata: dict | None = None) -> Path:
         """Write ``encoder.weights.h5`` and ``ssl_encoder.json`` (loadable by ``ssl:<folder>``)."""
-        from cxr_tf.training.resume import save_weights_atomic, write_json_atomic
+        from cxr_tf.io.atomic import save_weights_atomic, write_json_atomic
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

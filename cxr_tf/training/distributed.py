@@ -296,7 +296,7 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
         writers = {k: tf.summary.create_file_writer(str(run.tensorboard / k)) for k in ("train", "validation")}
         # From a separate pipeline object: iterating train.dataset itself would advance the
         # shared reshuffle seed generator and change the batches training sees.
-        from cxr_tf.experiments.common import train_pipeline
+        from cxr_tf.training.inputs import train_pipeline
 
         _log_sample_inputs(train_pipeline(cfg, train_ds).dataset, writers["train"], model.class_names)
 
