@@ -120,13 +120,19 @@ def test_16bit_rgba_png_budget_and_peak_memory(tmp_path):
     with pytest.raises(CXRImageError, match=r"4000x4000 pixels x 4 channel\(s\) x 16 bits needs 128 MB decoded, "
                                             r"over the per-image budget of 40 MB"):
         read_image(path, max_pixels=20_000_000)
-    code = ("import resource, sys\n"
+    # /proc VmHWM, not getrusage: a child started by vfork+exec inherits its parent's peak in
+    # ru_maxrss (a multi-GB pytest process would hide the child's own). clear_refs "5" resets
+    # the peak to the current RSS, so the difference is the decode's own peak.
+    code = ("import sys\n"
             "import tensorflow\n"
             "from cxr_tf.io import read_image\n"
-            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "def kb(key):\n"
+            "    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
+            "open('/proc/self/clear_refs', 'w').write('5')\n"
+            "r0 = kb('VmRSS')\n"
             "x = read_image(sys.argv[1])\n"
             "assert x.shape == (4000, 4000) and float(x.min()) == 1000.0\n"
-            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) * 1024 / x.size)\n")
+            "print((kb('VmHWM') - r0) * 1024 / x.size)\n")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.getcwd()}
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
