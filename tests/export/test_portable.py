@@ -20,6 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 from cxr_tf.data.preprocess import decode_image, prepare_float_batch  # noqa: E402
 from cxr_tf.errors import (  # noqa: E402
+    CXRConfigError,
     CXRConversionError,
     CXRExportDependencyError,
     CXRModelError,
@@ -238,7 +239,7 @@ def test_a_savedmodel_folder_is_a_source_through_its_run(trained, tmp_path):
     sm = export_model(run, "savedmodel", out=tmp_path / "saved_models", name="kermany_tiny")
     assert sm.path == tmp_path / "saved_models" / "kermany_tiny" / "1"
     # the export holds no machine path, so the check images come from the caller (--data-dir / --splits)
-    with pytest.raises(Exception, match="held-out|data"):
+    with pytest.raises(CXRConfigError, match="training and held-out data are unknown"):
         export_model(str(sm.path), "tflite", out=tmp_path / "exp0")
     res = export_model(str(sm.path), "tflite", out=tmp_path / "exp", train_data=train, heldout_data=held)
     meta = res.metadata
