@@ -72,7 +72,9 @@ def card_from_run(run_dir: str | os.PathLike, *, extra: Mapping | None = None) -
             card[key] = v
     if (run / "split_summary.csv").exists():
         card["split_summary_csv"] = (run / "split_summary.csv").read_text()
-    if (run / "subgroups.csv").exists():
+    if (run / "subgroups.md").exists():  # the formatted table evaluate_predictions wrote (CIs, flags)
+        card["subgroups_md"] = (run / "subgroups.md").read_text().strip()
+    elif (run / "subgroups.csv").exists():
         import pandas as pd
 
         card["subgroups"] = pd.read_csv(run / "subgroups.csv").to_dict("records")
@@ -243,7 +245,10 @@ def render_card(card: Mapping) -> str:
         s.append("")
 
     sub = card.get("subgroups")
-    if sub:
+    if card.get("subgroups_md"):
+        present.append("subgroups")
+        s += ["## Subgroups", "", card["subgroups_md"], ""]
+    elif sub:
         present.append("subgroups")
         cols = list(sub[0])
         s += ["## Subgroups", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -277,7 +277,8 @@ def run(cfg: CovidCompareConfig) -> dict:
         load_model_weights(model, best)
         prob = np.asarray(model.predict(test.dataset, verbose=0))
         m = evaluate_predictions(test_ds.class_index(), prob, ds.class_names, str(out),
-                                 title=f"{name}: test split", config=cfg.to_dict())
+                                 title=f"{name}: test split", config=cfg.to_dict(),
+                                 meta=test_ds.meta)  # subgroup table where the source gives sex / age / view
         model.save(out / "model.keras")  # for cxr-tf explain --model .../model.keras
         results[name] = m
         # COVID one-vs-rest scored inside each collection holding COVID and other images

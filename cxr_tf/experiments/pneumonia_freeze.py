@@ -160,7 +160,7 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
     val_metrics = classification_metrics(y_val, p_val, ds.class_names, threshold=threshold, n_boot=200)
     metrics = evaluate_predictions(
         y_test, p_test, ds.class_names, str(run_dir), title=f"{cfg.experiment}: test split",
-        config=cfg.to_dict(), threshold=threshold,
+        config=cfg.to_dict(), threshold=threshold, meta=test_ds.meta,  # subgroups where sex / age / view exist
     )
     plot_training_curves(str(run_dir / "history.csv"), str(run_dir.plots / "training_curves.png"))
     from cxr_tf.evaluation import best_epoch

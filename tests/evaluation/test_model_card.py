@@ -70,3 +70,11 @@ def test_subgroups_and_shortcuts_render_and_are_claimed(run_dir):
 def test_card_needs_metrics(tmp_path):
     with pytest.raises(CXRInputError, match="metrics.json"):
         card_from_run(tmp_path)
+
+
+def test_formatted_subgroup_table_is_used_when_present(run_dir):
+    run, _, _ = run_dir
+    (run / "subgroups.csv").write_text("attribute,group,n,auc\nsex,F,50,0.81\n")
+    (run / "subgroups.md").write_text("| attribute | group | n | auc |\n|---|---|---|---|\n| sex | F | 50 | 0.810 [0.7, 0.9] |\n")
+    text = render_card(card_from_run(run))
+    assert "| sex | F | 50 | 0.810 [0.7, 0.9] |" in text and "CLAIM 38" in text

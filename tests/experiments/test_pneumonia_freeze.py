@@ -138,3 +138,36 @@ def test_seed_model_resnet50_on_real_images(tmp_path, kermany_subset):
 
     shown = inspect_with_cli(m["export"]["path"])
     assert "serving_default" in shown and "predict_images" in shown and "DT_STRING" in shown
+
+
+@pytest.mark.slow
+def test_run_on_a_manifest_with_sex_age_view_writes_subgroups_into_report_and_card(data_dir, tmp_path):
+    """Real NIH images with their sex / age / view: the run's test split gets a subgroup table."""
+    import csv
+    import shutil
+
+    from cxr_tf.experiments import pneumonia_freeze
+
+    src = data_dir / "nih_chestxray14" / "nih1000_64"
+    if not (src / "labels.csv").is_file():
+        pytest.skip("nih1000_64 not present")
+    every = list(csv.DictReader(open(src / "labels.csv")))
+    rows = [r for r in every if r["binary_int"] == "0"][:120] + [r for r in every if r["binary_int"] == "1"][:120]
+    root = tmp_path / "nih"
+    root.mkdir()
+    with open(root / "m.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient_id", "sex", "age", "view"])
+        for r in rows:
+            (root / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src / r["path"], root / r["path"])
+            w.writerow([r["path"], "finding" if r["binary_int"] == "1" else "normal", r["patient_id"], r["sex"],
+                        r["age"], r["view"]])
+    assert pneumonia_freeze.main(["--data-dir", str(root / "m.csv"), "--smoke", "--backbone", "tiny_cnn",
+                                  "--freeze-until", "0", "--head", "gap", "--export", "false",
+                                  "--runs-dir", str(tmp_path / "runs")]) == 0
+    run = next((tmp_path / "runs" / "pneumonia_freeze").iterdir())
+    table = (run / "subgroups.md").read_text()
+    assert "| sex | F |" in table and "| sex | M |" in table and "| view | PA |" in table
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "## Subgroups" in card and "| sex | F |" in card
