@@ -144,7 +144,6 @@ def test_seed_model_resnet50_on_real_images(tmp_path, kermany_subset):
 def test_run_on_a_manifest_with_sex_age_view_writes_subgroups_into_report_and_card(data_dir, tmp_path):
     """Real NIH images with their sex / age / view: the run's test split gets a subgroup table."""
     import csv
-    import shutil
 
     from cxr_tf.experiments import pneumonia_freeze
 
