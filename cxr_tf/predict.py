@@ -16,7 +16,7 @@ Columns: ``path``, ``p_<class>`` per class, ``predicted`` (most probable class),
 ``decision`` and ``threshold``: binary models decide on the second class with the
 model's operating threshold (preset metadata, export metadata or the run's
 ``metrics.json``; ``--threshold`` overrides; 0.5 when none is known); multi-class models
-decide by argmax (threshold empty); multi-label models list every class at or above its
+decide by argmax (threshold empty), or, with per-class thresholds, by the served graph's rule; multi-label models list every class at or above its
 threshold.
 """
 from __future__ import annotations
@@ -154,6 +154,13 @@ def decide(prob: np.ndarray, names: list, multilabel: bool, thresholds: dict) ->
     if len(names) == 2:
         t = float(thresholds.get(names[1], 0.5))
         return [names[1] if row[1] >= t else names[0] for row in prob], [t] * len(prob)
+    if thresholds and all(c in thresholds for c in names):
+        # per-class operating points: the rule the exported graph applies (shared, tested against it)
+        from cxr_tf.evaluation.calibration import decide as decide_by_class
+
+        idx = decide_by_class(prob, [thresholds[c] for c in names])
+        text = ";".join(f"{c}={float(thresholds[c]):g}" for c in names)
+        return [names[int(i)] for i in idx], [text] * len(prob)
     return [names[int(i)] for i in prob.argmax(1)], [""] * len(prob)
 
 

@@ -116,6 +116,13 @@ def test_decide_rules():
     assert decide(prob, CLASSES, False, {})[0] == ["pneumonia", "normal"]  # 0.5 without a threshold
     three = np.array([[0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
     assert decide(three, ["a", "b", "c"], False, {"c": 0.99}) == (["c", "a"], ["", ""])  # argmax
+    # per-class thresholds: the served graph's rule (most probable class over its threshold)
+    from cxr_tf.export import decision_rule
+
+    t = {"a": 0.45, "b": 0.25, "c": 0.7}  # row 1: only b passes; row 2: a and b pass, a is larger
+    dec, _ = decide(three, ["a", "b", "c"], False, t)
+    assert dec == ["b", "a"]
+    assert [["a", "b", "c"][i] for i in decision_rule(three, class_thresholds=list(t.values()))] == dec
     dec, thr = decide(three, ["a", "b", "c"], True, {"a": 0.05})
     assert dec == ["a;c", "a"] and thr[0] == "a=0.05;b=0.5;c=0.5"
 
