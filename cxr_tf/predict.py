@@ -61,13 +61,21 @@ def graph_preprocessor(image_size: int):
                        input_signature=[tf.TensorSpec([None, None, None, None], tf.float32)])
 
 
-def _keras_predictor(model, description: str, thresholds: dict) -> Predictor:
+def _keras_predictor(model, description: str, thresholds: dict, temperature: float | None = None) -> Predictor:
+    """``temperature``: the calibration the thresholds were chosen under (a preset's
+    metadata), applied to the probabilities as the served graph applies it."""
     size = int(model.input.shape[1])
     prepare = graph_preprocessor(size)
+    multilabel = bool(getattr(model, "multilabel", False))
 
     def predict(arrays):
         x = np.concatenate([prepare(a[None, ..., None].astype(np.float32)).numpy() for a in arrays])
-        return np.asarray(model.predict(x, verbose=0, batch_size=len(x)))
+        prob = np.asarray(model.predict(x, verbose=0, batch_size=len(x)))
+        if temperature:
+            from cxr_tf.evaluation.calibration import apply_temperature
+
+            prob = apply_temperature(prob, temperature, multilabel).astype(np.float32)
+        return prob
 
     names = list(getattr(model, "class_names", None) or [str(i) for i in range(int(model.output.shape[-1]))])
     return Predictor(description, names, size, bool(getattr(model, "multilabel", False)), thresholds, predict)
@@ -91,7 +99,9 @@ def load_predictor(spec: str) -> Predictor:
 
         model = CXRClassifier.from_preset(s)
         p = model.preset
-        return _keras_predictor(model, f"preset {p.name} ({p.source}: {p.path})", dict(p.metadata.thresholds))
+        cal = p.metadata.calibration or {}
+        return _keras_predictor(model, f"preset {p.name} ({p.source}: {p.path})", dict(p.metadata.thresholds),
+                                temperature=cal.get("temperature"))
     if (path / "saved_model.pb").is_file():
         from cxr_tf.export import load_exported
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf.datasets import CXRDataset, load_dataset, load_splits, patient_split, save_splits, split_summary
+from cxr_tf.datasets.splits import check_leakage
 from cxr_tf.errors import CXRConfigError
 from cxr_tf.training.inputs import train_pipeline  # noqa: F401  (experiments call common.train_pipeline)
 
@@ -57,10 +58,15 @@ def parse_split(spec: str) -> tuple[float, float, float] | None:
     return tuple(v / total for v in vals)
 
 
-def make_split(cfg, ds: CXRDataset, run) -> np.ndarray:
-    """Patient-level split from ``cfg.split``; saved as ``splits.csv`` in the run folder."""
-    fr = parse_split(cfg.split)
-    split = load_splits(cfg.split, ds) if fr is None else patient_split(ds, fr, seed=cfg.seed)
+def make_split(cfg, ds: CXRDataset, run, split: np.ndarray | None = None) -> np.ndarray:
+    """Patient-level split from ``cfg.split`` (or ``split``, one an experiment drew itself,
+    e.g. per source); audited and saved as ``splits.csv`` in the run folder."""
+    if split is not None:
+        split = np.asarray(split, dtype=object)
+        check_leakage(split, ds.patient_ids)
+    else:
+        fr = parse_split(cfg.split)
+        split = load_splits(cfg.split, ds) if fr is None else patient_split(ds, fr, seed=cfg.seed)
     split, _ = audit_split(cfg, ds, split, run)
     save_splits(run / "splits.csv", ds, split)
     table = split_summary(ds, split)

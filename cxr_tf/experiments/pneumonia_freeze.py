@@ -108,7 +108,13 @@ def parse(argv=None) -> PneumoniaFreezeConfig:
     return cfg
 
 
-def run(cfg: PneumoniaFreezeConfig) -> dict:
+def run(cfg: PneumoniaFreezeConfig, data=None) -> dict:
+    """Train, evaluate, calibrate, report and export.
+
+    ``data``: an experiment's own data hook ``data(cfg, run_dir) -> CXRDataset`` used
+    instead of ``--data-dir`` (e.g. several sources combined); when its ``meta`` has an
+    ``assigned_split`` column, that per-item split is used (audited and saved as usual).
+    """
     from cxr_tf.experiments import common
 
     t0 = time.time()
@@ -121,10 +127,11 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
 
     run_dir = create_run_dir(cfg)
     common.log(f"run folder: {run_dir}")
-    ds = common.load_experiment_data(cfg, cfg.classes)
+    ds = common.load_experiment_data(cfg, cfg.classes) if data is None else data(cfg, run_dir)
     common.log(ds.summary())
     ds = common.check_items(cfg, ds, run_dir)
-    split = common.make_split(cfg, ds, run_dir)
+    assigned = ds.meta["assigned_split"].to_numpy() if data is not None and "assigned_split" in ds.meta else None
+    split = common.make_split(cfg, ds, run_dir, split=assigned)
     (train_ds, val_ds, test_ds), pipes = common.build_pipelines(cfg, ds, split, strategy)
 
     with strategy.scope():
@@ -190,6 +197,7 @@ def run(cfg: PneumoniaFreezeConfig) -> dict:
         "fit_seconds": round(fit_s, 1),
         "wall_seconds": round(time.time() - t0, 1),
         "export": export,
+        "run_dir": str(run_dir),
     }
     from cxr_tf.evaluation import write_metrics_json
 

@@ -671,7 +671,13 @@ def metadata_from_run(run_dir: str | os.PathLike, name: str, licence: str | None
         for c, pc in per_class.items():
             for m in ("sensitivity", "specificity"):
                 ms[f"{m}_{c}"] = _stat(pc.get(m))
+    cal = json.loads((run / "calibration.json").read_text()) if (run / "calibration.json").is_file() else None
+    # the thresholds were chosen on the calibrated scale: whoever uses them applies T first
+    calibration = ({"method": "temperature", "temperature": float(cal["temperature"]), "fit_on": "val",
+                    "ece_test_before": _stat(cal.get("ece_before")), "ece_test_after": _stat(cal.get("ece_after"))}
+                   if cal and cal.get("temperature") else None)
     return PresetMetadata(
+        calibration=calibration,
         name=name, description=f"{model_cfg['backbone']} {len(names)}-class classifier from run {run.name} "
                                f"({cfg.get('experiment', '?')})",
         class_names=names, image_size=int(model_cfg["image_size"]),
