@@ -76,6 +76,7 @@ CASES = {
 @dataclasses.dataclass
 class AugmentationAblationConfig(PneumoniaFreezeConfig):
     experiment: str = "augmentation_ablation"
+    weights: str = "none"  # its committed results train from scratch; --weights takes any other source
     folds: int = opt(5, "patient-level cross-validation folds (every image tested once per case)")
     val_fraction: float = opt(1 / 9, "share of each fold's training patients held out for validation (1/9: train:val "
                               "8:1)")

@@ -45,6 +45,7 @@ from cxr_tf.training.config import opt, parse_config
 @dataclasses.dataclass
 class BatchLrGridConfig(PneumoniaFreezeConfig):
     experiment: str = "batch_lr_grid"
+    weights: str = "none"  # its committed results train from scratch; --weights takes any other source
     batches: str = opt("8,16,32,64", "comma list of batch sizes of the grid")
     lrs: str = opt("1e-2,1e-3,1e-4,1e-5", "comma list of learning rates of the grid")
     early_stopping: int = 0  # every cell trains the same number of epochs

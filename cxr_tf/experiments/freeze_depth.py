@@ -48,7 +48,6 @@ class FreezeDepthConfig(PneumoniaFreezeConfig):
     freeze_points: str = opt("114,144", "comma list of freeze_until indices to compare")
     lrs: str = opt("1e-3,3e-4,1e-4", "comma list of learning rates, one training per freeze point and lr")
     weights: str = "imagenet"
-    allow_random_frozen: bool = opt(False, "allow freezing layers of a randomly initialised backbone (--weights none)")
     early_stopping: int = 0  # the per-epoch gap is the point: train every epoch
     n_boot: int = opt(200, "bootstrap resamples for confidence intervals")
     export: bool = False

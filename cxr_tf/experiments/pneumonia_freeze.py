@@ -44,9 +44,16 @@ from cxr_tf.training.config import TrainConfig, opt, parse_config
 # 0.9 so the moving statistics catch up within ~150 steps; lesions at difficulty 0.3
 # and no augmentation so ResNet50 from scratch learns within 5 epochs (measured:
 # validation AUC 0.56 -> 0.93 over 5 epochs on this setting).
-DEMO_OVERRIDES = {"image_size": 64, "epochs": 5, "batch_size": 16, "early_stopping": 0, "freeze_until": 0,
+DEMO_OVERRIDES = {"image_size": 64, "epochs": 5, "batch_size": 16, "early_stopping": 0,
                   "lr": 1e-3, "bn_momentum": 0.9, "augment": "none", "synthetic_n": 600,
                   "synthetic_difficulty": 0.3}
+# With the default --weights auto both the demo and --data-dir start from this embedded preset
+# (cxr_tf/presets/, trained by cxr_tf.experiments.train_preset): its backbone and input size
+# then replace resnet50 / the size above unless given.
+DEFAULT_PRESET = "preset:cxr_pneumonia_unet128"
+# --freeze-until auto with a preset trunk: freeze the first two encoder stages (as the seed
+# froze ResNet50 up to conv5), train the last stage, the bottleneck and the head.
+PRESET_FREEZE = {"unet_cbam_encoder_d3w16": "enc3_conv1"}
 
 
 @dataclasses.dataclass
@@ -55,12 +62,17 @@ class PneumoniaFreezeConfig(TrainConfig):
     classes: str = opt("3class", "Kermany/synthetic task: 3class (bacterial/viral/normal) | pneumonia "
                        "(normal/pneumonia) (a CSV manifest: its labels unless --classes is given; class folders: "
                        "their names)")
-    backbone: str = opt("resnet50", "model registry name (resnet50, resnet18, densenet121, tiny_cnn, ...)")
-    freeze_until: int = opt(144, "freeze backbone layers before this keras.applications index (144 = "
-                            "conv5_block1_1_bn; 0: train all)")
+    backbone: str = opt("auto", "model registry name (resnet50, resnet18, densenet121, tiny_cnn, "
+                        "unet_cbam_encoder_d3w16, ...); auto: the preset's with a preset:, else resnet50")
+    freeze_until: str = opt("auto", "freeze backbone layers before this index or layer name (0: train all); auto: "
+                            "144 (= conv5_block1_1_bn, the seed's) for resnet50 with pretrained weights, the first two "
+                            "encoder stages of a preset trunk, 0 with --weights none")
     head: str = opt("fc256-128", "classifier head: gap | fc256-128 (GAP-Dense(256)-Dense(128), the seed's extra FC)")
     dropout: float = opt(0.0, "dropout before the output layer")
-    weights: str = opt("none", "backbone weights: none | imagenet | path to a weights file")
+    weights: str = opt("auto", "backbone weights: auto (the embedded preset " + DEFAULT_PRESET + ") | none (from "
+                       "scratch) | imagenet (the seed's; needs a download) | PATH | preset:NAME | run:DIR | ssl:DIR | "
+                       "https://...#sha256=...")
+    allow_random_frozen: bool = opt(False, "allow --freeze-until > 0 with --weights none (freezes random layers)")
     bn_momentum: float = opt(0.99, "BatchNorm moving-average momentum (Keras default 0.99)")
     synthetic_n: int = opt(900, "images of the embedded synthetic dataset (without --data-dir)")
     synthetic_difficulty: float = opt(1.0, "lesion subtlety of the synthetic set (lower = easier)")
@@ -79,6 +91,58 @@ class PneumoniaFreezeConfig(TrainConfig):
 
         if self.classes not in ("3class", "pneumonia"):
             raise CXRConfigError(f"--classes must be 3class or pneumonia; got {self.classes!r}")
+        self.resolve_auto()
+
+    def resolve_auto(self) -> None:
+        """``auto`` weights / backbone / freeze / size -> concrete values (logged by the run).
+
+        Freezing randomly initialised layers only freezes noise: ``--weights none`` with an
+        explicit ``--freeze-until`` > 0 is an error unless ``--allow-random-frozen``.
+        """
+        from cxr_tf.errors import CXRConfigError
+
+        given = getattr(self, "given", frozenset())
+        if self.weights in ("auto", ""):
+            # the embedded preset where its architecture is asked for (or no backbone is named);
+            # another --backbone trains from scratch (and says so in the run's log)
+            from cxr_tf.models.presets import list_presets
+
+            name = DEFAULT_PRESET.split(":", 1)[1]
+            ok = name in list_presets() and (self.backbone == "auto" or self.backbone == _preset_backbone(name))
+            self.weights = DEFAULT_PRESET if ok else "none"
+        preset = None
+        if str(self.weights).startswith("preset:"):
+            from cxr_tf.models.presets import load_preset
+
+            preset = load_preset(self.weights)
+            if self.backbone == "auto":
+                self.backbone = preset.backbone
+            elif self.backbone != preset.backbone:
+                raise CXRConfigError(f"--backbone {self.backbone} but {self.weights} holds a {preset.backbone} trunk; "
+                                     "drop --backbone (auto) or choose other --weights")
+            if "image_size" not in given:
+                self.image_size = preset.image_size
+        if self.backbone == "auto":
+            self.backbone = "resnet50"
+        fu = str(self.freeze_until).strip()
+        if fu == "auto":
+            if self.weights == "none":
+                fu = "0"
+            elif preset is not None:
+                fu = PRESET_FREEZE.get(preset.backbone, "0")
+            else:
+                fu = "144" if self.backbone == "resnet50" else "0"
+        elif self.weights == "none" and fu not in ("0", "") and not self.allow_random_frozen:
+            raise CXRConfigError(f"--freeze-until {fu} with --weights none freezes randomly initialised layers (noise); "
+                                 f"use the default pretrained preset (drop --weights), --weights imagenet|PATH|"
+                                 "preset:NAME, --freeze-until 0, or --allow-random-frozen to do it on purpose")
+        self.freeze_until = int(fu) if fu.lstrip("-").isdigit() else fu
+
+
+def _preset_backbone(name: str) -> str | None:
+    from cxr_tf.models.presets import load_preset
+
+    return load_preset(name).backbone
 
 
 def _classes_tag(class_names) -> str:
@@ -141,9 +205,11 @@ def run(cfg: PneumoniaFreezeConfig, data=None) -> dict:
             weights=None if cfg.weights == "none" else cfg.weights, bn_momentum=cfg.bn_momentum,
         )
         compile_classifier(model, cfg.optimizer_config(), pipes[0].steps, cfg.epochs, cfg.label_smoothing)
-    if cfg.weights == "none" and cfg.freeze_until not in (0,):
-        common.log(f"warning: --weights none with --freeze-until {cfg.freeze_until}: the frozen layers keep their "
-                   "random initialisation; pass --weights imagenet|PATH (or SSL weights) or --freeze-until 0")
+    common.log(f"weights: {cfg.weights}" + (f" ({model.weights_loaded} loaded)" if model.weights_loaded else "")
+               + f"; backbone {cfg.backbone}, {cfg.image_size} px, freeze_until {cfg.freeze_until}")
+    if cfg.weights == "none" and cfg.freeze_until not in (0, "0"):
+        common.log(f"warning: --weights none with --freeze-until {cfg.freeze_until} (--allow-random-frozen): the "
+                   "frozen layers keep their random initialisation")
     params = model.parameter_counts()
     common.log(f"{model.name}: freeze_until={cfg.freeze_until} -> trainable {params['trainable']:,}, "
                f"non-trainable {params['non_trainable']:,}; {describe(strategy)}")

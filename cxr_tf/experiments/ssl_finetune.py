@@ -42,8 +42,14 @@ class SSLFinetuneConfig(TrainConfig):
     experiment: str = "ssl_finetune"
     classes: str = opt("pneumonia", "Kermany/synthetic task: pneumonia (normal/pneumonia) | 3class (a CSV manifest: "
                        "its labels unless --classes is given; class folders: their names)")
-    init: str = opt("", "SSL encoder to fine-tune, ssl:<ssl_pretrain run folder> (required unless --smoke)")
-    arms: str = opt("ssl,scratch", "comma list of arms: ssl (SSL-initialised) and/or scratch (random init)")
+    init: str = opt("", "SSL encoder to fine-tune, ssl:<ssl_pretrain run folder> (required for the ssl arm "
+                    "unless --smoke)")
+    preset: str = opt("preset:cxr_pneumonia_unet128", "trunk of the preset arm: preset:NAME (a supervised preset of "
+                      "the same encoder; its head is replaced)")
+    arms: str = opt("ssl,scratch", "comma list of arms: ssl (SSL-initialised), scratch (random init), preset "
+                    "(--preset's trunk)")
+    seeds: str = opt("", "comma list of training seeds (label subset, initialisation, batches) per point; the "
+                     "split keeps --seed (empty: --seed only)")
     fractions: str = opt("0.01,0.1,1.0", "comma list of shares of the training patients whose labels are used")
     steps_per_epoch: int = opt(50, "optimizer steps per epoch, the same budget for every point and arm")
     image_size: int = 64
@@ -73,14 +79,25 @@ class SSLFinetuneConfig(TrainConfig):
         super().validate()
         from cxr_tf.errors import CXRConfigError
 
-        bad = [a for a in self.arm_list() if a not in ("ssl", "scratch")]
+        bad = [a for a in self.arm_list() if a not in ARMS]
         if bad or not self.arm_list():
-            raise CXRConfigError(f"--arms must be a comma list of ssl, scratch; got {self.arms!r}")
+            raise CXRConfigError(f"--arms must be a comma list of {', '.join(ARMS)}; got {self.arms!r}")
+        if "preset" in self.arm_list() and not self.preset.startswith("preset:"):
+            raise CXRConfigError(f"--preset must be preset:NAME; got {self.preset!r}")
+        self.seed_list()
         fr = self.fraction_list()
         if not fr or any(not 0 < f <= 1 for f in fr):
             raise CXRConfigError(f"--fractions must be in (0, 1]; got {self.fractions!r}")
         if "ssl" in self.arm_list() and not self.smoke and not self.init.startswith("ssl:"):
             raise CXRConfigError(f"--init must be ssl:<folder written by ssl_pretrain>; got {self.init!r}")
+
+    def seed_list(self) -> list[int]:
+        try:
+            return [int(x) for x in self.seeds.split(",") if x.strip()] or [self.seed]
+        except ValueError:
+            from cxr_tf.errors import CXRConfigError
+
+            raise CXRConfigError(f"--seeds must be integers like 0,1,2; got {self.seeds!r}") from None
 
     def arm_list(self) -> list[str]:
         return [a.strip() for a in self.arms.split(",") if a.strip()]
@@ -128,7 +145,11 @@ def _smoke_init(cfg, run_dir) -> str:
     return "ssl:" + ssl_pretrain.run(pre)["encoder"]
 
 
-def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, class_names):
+ARMS = ("ssl", "scratch", "preset")
+ARM_LABELS = {"ssl": "SSL init", "scratch": "scratch", "preset": "preset trunk"}
+
+
+def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, class_names, seed=None):
     """Train one (fraction, arm) and return its test metrics."""
     import keras
 
@@ -140,12 +161,14 @@ def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, c
     from cxr_tf.training.callbacks import standard_callbacks
     from cxr_tf.training.loop import compile_classifier
 
-    keras.utils.set_random_seed(cfg.seed)  # both arms: the same head init and batches
+    seed = cfg.seed if seed is None else seed
+    keras.utils.set_random_seed(seed)  # every arm: the same head init and batches
+    weights = {"ssl": init, "preset": cfg.preset}.get(arm)
     model = build_model(backbone, num_classes=len(class_names), image_size=cfg.image_size, head=cfg.head,
                         dropout=cfg.dropout, freeze_until=cfg.freeze_until, class_names=class_names,
-                        weights=init if arm == "ssl" else None, bn_momentum=cfg.bn_momentum)
+                        weights=weights, bn_momentum=cfg.bn_momentum)
     train = build_pipeline(train_sub, cfg.image_size, cfg.batch_size, training=True, policy=cfg.augment,
-                           balance=cfg.balance if cfg.balance == "oversample" else "none", seed=cfg.seed,
+                           balance=cfg.balance if cfg.balance == "oversample" else "none", seed=seed,
                            epoch_size=cfg.steps_per_epoch * cfg.batch_size)
     val = build_pipeline(val_ds, cfg.image_size, cfg.batch_size, training=False)
     test = build_pipeline(test_ds, cfg.image_size, cfg.batch_size, training=False)
@@ -158,27 +181,39 @@ def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, c
     fit_s = time.time() - t
     common.restore_best(model, run_dir)
     prob = np.asarray(model.predict(test.dataset, verbose=0))
-    m = classification_metrics(test_ds.class_index(), prob, class_names, seed=cfg.seed)
+    m = classification_metrics(test_ds.class_index(), prob, class_names, seed=seed)
     resume.finish(run_dir)
     return m, fit_s
 
 
 def plot_curve(rows, path, title):
+    """Test AUC and accuracy against the share of labels, one line per arm (mean over
+    seeds; error bars: the 95% CI of a single seed, or the range over seeds)."""
     from cxr_tf.evaluation.plots import _new_figure, _save
 
     fig = _new_figure(9, 3.6)
+    colors = {"ssl": "tab:blue", "scratch": "tab:orange", "preset": "tab:green"}
     for k, key in enumerate(("auc", "accuracy")):
         ax = fig.add_subplot(1, 2, k + 1)
-        for arm, color in (("ssl", "tab:blue"), ("scratch", "tab:orange")):
-            pts = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["fraction"])
+        for arm in ARMS:
+            pts = [r for r in rows if r["arm"] == arm]
             if not pts:
                 continue
-            x = [100 * r["fraction"] for r in pts]
-            y = [r[key] for r in pts]
-            lo = [r[key] - r[f"{key}_lo"] if r[f"{key}_lo"] is not None else 0 for r in pts]
-            hi = [r[f"{key}_hi"] - r[key] if r[f"{key}_hi"] is not None else 0 for r in pts]
-            ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, color=color,
-                        label="SSL init" if arm == "ssl" else "scratch")
+            fracs = sorted({r["fraction"] for r in pts})
+            x, y, lo, hi = [], [], [], []
+            for f in fracs:
+                rs = [r for r in pts if r["fraction"] == f]
+                v = float(np.mean([r[key] for r in rs]))
+                if len(rs) > 1:
+                    a, b = min(r[key] for r in rs), max(r[key] for r in rs)
+                else:
+                    a = rs[0][f"{key}_lo"] if rs[0][f"{key}_lo"] is not None else v
+                    b = rs[0][f"{key}_hi"] if rs[0][f"{key}_hi"] is not None else v
+                x.append(100 * f)
+                y.append(v)
+                lo.append(max(0.0, v - a))
+                hi.append(max(0.0, b - v))
+            ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, color=colors[arm], label=ARM_LABELS[arm])
         ax.set_xscale("log")
         ax.set_xlabel("% of training labels")
         ax.set_ylabel("test AUC" if key == "auc" else "test accuracy")
@@ -232,32 +267,49 @@ def run(cfg: SSLFinetuneConfig) -> dict:
     common.log(ds.summary())
     train_ds, val_ds, test_ds = (ds.subset(split == s) for s in ("train", "val", "test"))
     rows = []
+    backbones = {"ssl": backbone, "scratch": backbone}
+    if "preset" in cfg.arm_list():
+        from cxr_tf.models.presets import load_preset
+
+        pb = load_preset(cfg.preset).backbone
+        if init and pb != backbone:
+            from cxr_tf.errors import CXRConfigError
+
+            raise CXRConfigError(f"--preset {cfg.preset} is a {pb}, the SSL encoder a {backbone}: the arms would "
+                                 "compare architectures, not initialisations")
+        backbones = {a: pb for a in backbones} | {"preset": pb}
+    seeds = cfg.seed_list()
     for fraction in cfg.fraction_list():
-        idx = label_subset(train_ds, fraction, cfg.seed)
-        sub = train_ds.subset(idx)
-        sub.meta[["patient_id"]].assign(item=[str(i) for i in sub.meta["item"]]).to_csv(
-            run_dir / f"train_subset_{fraction:g}.csv", index=False)
-        for arm in cfg.arm_list():
-            point = RunDir(run_dir / f"frac{fraction:g}_{arm}")
-            common.log(f"fraction {fraction:g} ({len(sub)} images, {sub.meta['patient_id'].nunique()} patients), {arm}")
-            m, fit_s = train_point(cfg, arm, backbone, init, sub, val_ds, test_ds, point, ds.class_names)
-            write_metrics_json(str(point / "metrics.json"), m)
-            auc, acc = m["macro_auc"], m["accuracy"]
-            a_ci, c_ci = auc.get("bootstrap_ci") or [None, None], acc.get("wilson_ci") or [None, None]
-            rows.append({"dataset": ds.name, "fraction": fraction, "arm": arm, "train_images": len(sub),
-                         "train_patients": int(sub.meta["patient_id"].nunique()), "test_images": len(test_ds),
-                         "auc": auc["value"], "auc_lo": a_ci[0], "auc_hi": a_ci[1],
-                         "accuracy": acc["value"], "accuracy_lo": c_ci[0], "accuracy_hi": c_ci[1],
-                         "fit_seconds": round(fit_s, 1)})
-            common.log(f"  test AUC {auc['value']:.3f} {a_ci}, accuracy {acc['value']:.3f} {c_ci}")
-            # after every point, so a run stopped by a time limit keeps what it measured
-            pd.DataFrame(rows).to_csv(run_dir / "results.csv", index=False)
-            (run_dir / "results.md").write_text(results_markdown(pd.DataFrame(rows)))
+        for seed in seeds:
+            idx = label_subset(train_ds, fraction, seed)
+            sub = train_ds.subset(idx)
+            tag = f"{fraction:g}" + (f"_seed{seed}" if len(seeds) > 1 else "")
+            sub.meta[["patient_id"]].assign(item=[str(i) for i in sub.meta["item"]]).to_csv(
+                run_dir / f"train_subset_{tag}.csv", index=False)
+            for arm in cfg.arm_list():
+                point = RunDir(run_dir / (f"frac{tag}_{arm}"))
+                common.log(f"fraction {fraction:g}, seed {seed} ({len(sub)} images, "
+                           f"{sub.meta['patient_id'].nunique()} patients), {arm}")
+                m, fit_s = train_point(cfg, arm, backbones[arm], init, sub, val_ds, test_ds, point, ds.class_names,
+                                       seed=seed)
+                write_metrics_json(str(point / "metrics.json"), m)
+                auc, acc = m["macro_auc"], m["accuracy"]
+                a_ci, c_ci = auc.get("bootstrap_ci") or [None, None], acc.get("wilson_ci") or [None, None]
+                rows.append({"dataset": ds.name, "fraction": fraction, "seed": seed, "arm": arm,
+                             "train_images": len(sub), "train_patients": int(sub.meta["patient_id"].nunique()),
+                             "test_images": len(test_ds),
+                             "auc": auc["value"], "auc_lo": a_ci[0], "auc_hi": a_ci[1],
+                             "accuracy": acc["value"], "accuracy_lo": c_ci[0], "accuracy_hi": c_ci[1],
+                             "fit_seconds": round(fit_s, 1)})
+                common.log(f"  test AUC {auc['value']:.3f} {a_ci}, accuracy {acc['value']:.3f} {c_ci}")
+                # after every point, so a run stopped by a time limit keeps what it measured
+                pd.DataFrame(rows).to_csv(run_dir / "results.csv", index=False)
+                (run_dir / "results.md").write_text(results_markdown(pd.DataFrame(rows)))
     table = pd.DataFrame(rows)
     table.to_csv(run_dir / "results.csv", index=False)
     md = results_markdown(table)
     (run_dir / "results.md").write_text(md)
-    plot_curve(rows, str(run_dir.plots / "label_efficiency.png"), f"{ds.name}: SSL init vs scratch ({backbone})")
+    plot_curve(rows, str(run_dir.plots / "label_efficiency.png"), f"{ds.name}: {' vs '.join(ARM_LABELS[a] for a in cfg.arm_list())} ({backbones[cfg.arm_list()[0]]})")
     summary = {"experiment": cfg.experiment, "backbone": backbone, "init": init, "points": rows,
                "wall_seconds": round(time.time() - t0, 1)}
     write_metrics_json(str(run_dir / "metrics.json"), summary)
@@ -267,15 +319,28 @@ def run(cfg: SSLFinetuneConfig) -> dict:
 
 
 def results_markdown(table) -> str:
+    """Per-point rows (95% CIs of that training's test metrics) and, with several seeds, the
+    mean and standard deviation over seeds per (labels, arm)."""
     def ci(v, lo, hi):
         return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and not np.isnan(lo) else f"{v:.3f}"
 
-    lines = ["| labels | arm | train images (patients) | test AUC [95% CI] | test accuracy [95% CI] | fit s |",
-             "|---|---|---|---|---|---|"]
+    has_seed = "seed" in table.columns
+    lines = ["| labels | arm | seed | train images (patients) | test AUC [95% CI] | test accuracy [95% CI] | fit s |",
+             "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
-        lines.append(f"| {100 * r.fraction:g}% | {r.arm} | {r.train_images} ({r.train_patients}) | "
-                     f"{ci(r.auc, r.auc_lo, r.auc_hi)} | {ci(r.accuracy, r.accuracy_lo, r.accuracy_hi)} | {r.fit_seconds} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {100 * r.fraction:g}% | {r.arm} | {r.seed if has_seed else ''} | {r.train_images} "
+                     f"({r.train_patients}) | {ci(r.auc, r.auc_lo, r.auc_hi)} | "
+                     f"{ci(r.accuracy, r.accuracy_lo, r.accuracy_hi)} | {r.fit_seconds} |")
+    out = "\n".join(lines) + "\n"
+    if has_seed and table["seed"].nunique() > 1:
+        g = table.groupby(["fraction", "arm"], sort=True)
+        lines = ["", "Mean (standard deviation) over seeds:", "",
+                 "| labels | arm | seeds | test AUC | test accuracy |", "|---|---|---|---|---|"]
+        for (f, arm), d in g:
+            lines.append(f"| {100 * f:g}% | {arm} | {len(d)} | {d['auc'].mean():.3f} ({d['auc'].std(ddof=1):.3f}) | "
+                         f"{d['accuracy'].mean():.3f} ({d['accuracy'].std(ddof=1):.3f}) |")
+        out += "\n".join(lines) + "\n"
+    return out
 
 
 def main(argv=None) -> int:

@@ -50,6 +50,7 @@ from cxr_tf.training.config import opt, parse_config
 SOURCES = ("kermany224", "nih1000_64", "covid_ieee8023")
 CLASSES = ["normal", "pneumonia"]
 NIH_PNEUMONIA_FINDINGS = ("Pneumonia", "Consolidation", "Infiltration")
+FP16_TOLERANCE = 1e-3  # issue 17: float16 storage only if the loaded model matches float32 within this
 IEEE_SHAREABLE = ("CC BY 3.0", "CC BY 4.0", "CC BY")
 LICENCES = {
     "kermany224": "CC BY 4.0 (Kermany et al. 2018, Mendeley 10.17632/rscbjbr9sj)",
@@ -84,6 +85,8 @@ class TrainPresetConfig(PneumoniaFreezeConfig):
     preset_out: str = opt("", "parent folder of the preset (empty: the user cache $CXR_TF_HOME/presets; "
                           "cxr_tf/presets embeds it in the package)")
     export_name: str = opt("", "SavedModel folder name under --saved-models-dir (empty: the preset name)")
+    from_run: str = opt("", "skip training: write the preset from this finished train_preset run folder (same "
+                        "--sources / --seed as it was trained with)")
 
     def apply_smoke(self) -> None:
         super().apply_smoke()
@@ -292,6 +295,29 @@ def _fmt(s: dict | None) -> str:
     return f"{s['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
+def portable_command(cfg: TrainPresetConfig) -> str:
+    """The command that reproduces the preset, without this machine's paths."""
+    args = ["python -m cxr_tf.experiments.train_preset --data-dir $CXR_DATA_DIR"]
+    if cfg.preset_out:
+        args.append(f"--preset-out {cfg.preset_out if not Path(cfg.preset_out).is_absolute() else 'DIR'}")
+    skip = {"data_dir", "preset_out", "runs_dir", "saved_models_dir", "run_dir", "from_run", "cache_dir", "resume"}
+    for name in sorted(getattr(cfg, "given", ())):
+        if name not in skip:
+            args.append(f"--{name.replace('_', '-')} {getattr(cfg, name)}")
+    return " ".join(args)
+
+
+def portable_splits(src: Path, data_dir: str, dst: Path) -> None:
+    """``splits.csv`` with item paths relative to the data folder (``kermany224/train/...``)."""
+    import pandas as pd
+
+    df = pd.read_csv(src, keep_default_na=False, dtype=str)
+    root = str(Path(data_dir).resolve()).rstrip("/") + "/"
+    df["item"] = [i[len(root):] if i.startswith(root) else i for i in
+                  (str(Path(x).resolve()) if Path(x).is_absolute() else x for x in df["item"])]
+    df.to_csv(dst, index=False)
+
+
 def build_preset(cfg: TrainPresetConfig, summary: dict, ds_all) -> dict:
     """The finished run -> the preset folder, its own metrics per source and external ones."""
     import pandas as pd
@@ -316,21 +342,34 @@ def build_preset(cfg: TrainPresetConfig, summary: dict, ds_all) -> dict:
                          "classes": {c: int(((ds_all.class_index() == i) & m & (assigned == "train")).sum())
                                      for i, c in enumerate(CLASSES)}})
     meta.training_data = training
+    # no machine paths in what ships: the command as a user types it, items relative to --data-dir
+    meta.command = portable_command(cfg)
+    meta.extra.pop("run_dir", None)
+    meta.extra["run_config"] = {k: v for k, v in (meta.extra.get("run_config") or {}).items()
+                                if k not in ("data_dir", "runs_dir", "saved_models_dir", "run_dir", "cache_dir",
+                                             "preset_out", "from_run")}
+    rel_splits = run / "preset_splits.csv"
+    portable_splits(run / "splits.csv", cfg.data_dir, rel_splits)
     meta.description = (f"normal / pneumonia CXR classifier ({cfg.backbone}, {cfg.image_size} px) trained on "
                         f"{', '.join(cfg.source_list())} (test patients held out); cxr_tf's own preset")
     model = CXRClassifier.from_config(json.loads((run / "model.json").read_text())["config"])
     model.load_weights(str(run / "checkpoints" / "best.weights.h5"))
     parent = Path(cfg.preset_out) if cfg.preset_out else P.presets_home()
-    folder = P.save_preset(model, parent / cfg.preset_name, meta, weights_dtype="float16", overwrite=True,
-                           extra_files={"splits.csv": run / "splits.csv"})
-    preset = P.load_preset(str(folder))
-    shipped = preset.build()
-    # what ships is float16-stored: its predictions against the float32 checkpoint's
     test_ds = ds_all.subset(assigned == "test")
     p32 = predict_calibrated(model, test_ds, cfg.image_size, None)
-    p16 = predict_calibrated(shipped, test_ds, cfg.image_size, None)
-    fp16_diff = float(np.abs(p32 - p16).max())
-    common.log(f"float16 preset vs float32 checkpoint on {len(test_ds)} test images: max |diff| {fp16_diff:.2e}")
+    # float16 storage halves the file, but only ships when the loaded preset reproduces the
+    # float32 checkpoint's probabilities within FP16_TOLERANCE on every test image; else float32
+    for dtype in ("float16", "float32"):
+        folder = P.save_preset(model, parent / cfg.preset_name, meta, weights_dtype=dtype, overwrite=True,
+                               extra_files={"splits.csv": rel_splits})
+        preset = P.load_preset(str(folder))
+        shipped = preset.build()
+        diff = float(np.abs(p32 - predict_calibrated(shipped, test_ds, cfg.image_size, None)).max())
+        common.log(f"{dtype} preset vs float32 checkpoint on {len(test_ds)} test images: max |diff| {diff:.2e}")
+        if dtype == "float16":
+            fp16_diff = diff
+        if diff <= FP16_TOLERANCE:
+            break
     p_test = predict_calibrated(shipped, test_ds, cfg.image_size, temperature)
     y_test = test_ds.class_index()
     metrics = {"all test splits (held-out patients)": binary_stats(y_test, p_test, threshold, cfg.seed)}
@@ -363,7 +402,7 @@ def build_preset(cfg: TrainPresetConfig, summary: dict, ds_all) -> dict:
         "metadata.json; the external collection's figures are the honest transfer estimate.",
         "COVID-19 was never a class: the external COVID images are scored as pneumonia.",
     ]
-    meta.extra.update({"fp16_vs_fp32_max_abs_diff": fp16_diff, "weights_mb": round(size_mb, 2),
+    meta.extra.update({"fp16_vs_fp32_max_abs_diff": fp16_diff, "shipped_vs_fp32_max_abs_diff": diff, "weights_mb": round(size_mb, 2),
                        "cpu_images_per_second_batch32": round(speed, 1),
                        "parameters": model.count_params(), "external": external,
                        "threshold_rule": f"{cfg.operating_rule} on the validation split (calibrated scale)",
@@ -383,6 +422,15 @@ def build_preset(cfg: TrainPresetConfig, summary: dict, ds_all) -> dict:
 
 def run(cfg: TrainPresetConfig) -> dict:
     from cxr_tf.experiments import pneumonia_freeze
+
+    if cfg.from_run:
+        from cxr_tf.errors import CXRConfigError
+
+        metrics = Path(cfg.from_run) / "metrics.json"
+        if not metrics.is_file():
+            raise CXRConfigError(f"--from-run {cfg.from_run}: no metrics.json (not a finished train_preset run)")
+        summary = {**json.loads(metrics.read_text()), "run_dir": str(Path(cfg.from_run))}
+        return {**summary, "preset": build_preset(cfg, summary, training_data(cfg))}
 
     cfg.export_name = cfg.export_name or cfg.preset_name
     holder = {}

@@ -180,7 +180,8 @@ def model_card(meta: PresetMetadata, config: dict | None = None) -> str:
         "data_sources": [{"name": d["source"], "images": d["images"], "licence": d["licence"]}
                          for d in meta.training_data],
         "metrics_sets": meta.metrics,
-        "operating_points": {"rule": "validation (stated in the metadata)", "thresholds": meta.thresholds}
+        "operating_points": {"rule": meta.extra.get("threshold_rule") or "validation (stated in the metadata)",
+                             "thresholds": meta.thresholds}
         if meta.thresholds else None,
         "calibration": meta.calibration,
         "limitations": list(meta.limitations),
@@ -568,6 +569,7 @@ def save_preset(model, directory: str | os.PathLike, metadata: PresetMetadata | 
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / METADATA_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
         (tmp / CARD_FILE).write_text(model_card(meta, config))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a preset is read by whoever installs it
         if directory.exists():
             shutil.rmtree(directory)
         os.rename(tmp, directory)
@@ -674,7 +676,7 @@ def metadata_from_run(run_dir: str | os.PathLike, name: str, licence: str | None
     cal = json.loads((run / "calibration.json").read_text()) if (run / "calibration.json").is_file() else None
     # the thresholds were chosen on the calibrated scale: whoever uses them applies T first
     calibration = ({"method": "temperature", "temperature": float(cal["temperature"]), "fit_on": "val",
-                    "ece_test_before": _stat(cal.get("ece_before")), "ece_test_after": _stat(cal.get("ece_after"))}
+                    **{k: cal[k] for k in ("ece_before", "ece_after", "n_bins") if k in cal}}
                    if cal and cal.get("temperature") else None)
     return PresetMetadata(
         calibration=calibration,

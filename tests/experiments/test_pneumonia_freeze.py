@@ -129,7 +129,8 @@ def test_bad_files_raise_or_are_skipped(tmp_path, kermany_subset, capsys):
 def test_seed_model_resnet50_on_real_images(tmp_path, kermany_subset):
     """The seed-004 ResNet50 (frozen to 144, extra FC head) end to end on real JPEGs."""
     data = kermany_subset(24, 12, 12)
-    run = _run(tmp_path, "--data-dir", str(data), "--smoke", "--image-size", "64", "--epochs", "1")
+    run = _run(tmp_path, "--data-dir", str(data), "--smoke", "--image-size", "64", "--epochs", "1",
+               "--backbone", "resnet50", "--weights", "none", "--freeze-until", "144", "--allow-random-frozen")
     m = json.loads((run / "metrics.json").read_text())
     assert m["parameters"]["trainable"] == 15_009_027
     d = m["export"]["max_abs_diff_vs_keras"]
