@@ -75,6 +75,8 @@ class ChexpertNoisyConfig(TrainConfig):
     chexpert_csv: str | None = opt(None, "noise study: CheXpert train.csv(.gz) giving the uncertain-label rates")
     models: str = opt("resnet50,vit_tiny,hybrid_tiny", "comma list of registry names compared in the model rows")
     hybrid: str = opt("hybrid_tiny", "the model the noisy-label ideas are added to")
+    init: str = opt("", "trunk weights per model: comma list of MODEL=WEIGHTS (any resolver form: preset:NAME, "
+                    "run:DIR, ssl:DIR, PATH); models not named start from random weights")
     methods: str = opt("default", "comma list of table rows to run (default: the study's list)")
     base_policy: str = opt("ignore", "uncertain-label policy of the rows (or per label: default=ignore,Edema=ones)")
     lsr_low: float = opt(0.5, "U-LSR target low end (== high: that constant, SPEC S1)")
@@ -98,6 +100,18 @@ class ChexpertNoisyConfig(TrainConfig):
     augment: str = "none"
     balance: str = "none"
 
+    def init_map(self) -> dict:
+        """``--init`` as ``{model: weights}``."""
+        out = {}
+        for part in filter(None, (x.strip() for x in self.init.split(","))):
+            name, sep, weights = part.partition("=")
+            if not sep or not name.strip() or not weights.strip():
+                from cxr_tf.errors import CXRConfigError
+
+                raise CXRConfigError(f"--init: {part!r} is not MODEL=WEIGHTS (e.g. resnet50=preset:NAME)")
+            out[name.strip()] = weights.strip()
+        return out
+
     def apply_smoke(self) -> None:
         super().apply_smoke()
         self.image_size = 32
@@ -117,6 +131,7 @@ class ChexpertNoisyConfig(TrainConfig):
             raise CXRConfigError(f"--flip-rate must be in [0, 0.5); got {self.flip_rate}")
         # syntax and values now; label names are checked once the data is loaded (check_labels)
         self.uncertainty_policy(self.base_policy)
+        self.init_map()
 
     def uncertainty_policy(self, policy: str):
         """The :class:`UncertaintyPolicy` of a row with U-policy ``policy`` and this config's
@@ -299,7 +314,8 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
     if method.hierarchy:
         w = conditional_weights(t, w, names, hierarchy)
     model = build_model(method.model, num_classes=len(names), image_size=cfg.image_size, head="gap",
-                        freeze_until=0, multilabel=True, class_names=list(names), bn_momentum=cfg.bn_momentum)
+                        freeze_until=0, multilabel=True, class_names=list(names), bn_momentum=cfg.bn_momentum,
+                        weights=cfg.init_map().get(method.model))
     loss = MentorNetBinaryCrossentropy(method.mentor, cfg.mentor_weight) if method.mentor else MaskedBinaryCrossentropy()
 
     def predict(split_idx, raw_outputs=False):

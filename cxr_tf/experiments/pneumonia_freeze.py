@@ -167,6 +167,8 @@ def parse(argv=None) -> PneumoniaFreezeConfig:
         # No data given: the synthetic demo, sized to finish in minutes on a laptop CPU.
         given = {a.split("=")[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
         for k, v in DEMO_OVERRIDES.items():
+            if k == "image_size" and str(cfg.weights).startswith("preset:"):
+                continue  # a preset trunk runs at the size it was trained at
             if k not in given:
                 setattr(cfg, k, v)
     return cfg

@@ -41,3 +41,15 @@ def test_covid_compare_init_passes_resolver_forms():
                                                                          "squeezenet": "run:runs/x"}
     with pytest.raises(CXRConfigError, match="NAME=preset:tp"):
         cmp.parse_init("preset:tp")
+
+
+def test_chexpert_noisy_init_names_weights_per_model(preset):
+    from cxr_tf.experiments import chexpert_noisy
+
+    cfg = chexpert_noisy.parse(["--smoke", "--init", "tiny_cnn=preset:tp, resnet50=run:runs/x"])
+    assert cfg.init_map() == {"tiny_cnn": "preset:tp", "resnet50": "run:runs/x"}
+    with pytest.raises(CXRConfigError, match="MODEL=WEIGHTS"):
+        chexpert_noisy.parse(["--smoke", "--init", "preset:tp"])
+    m = build_model("tiny_cnn", num_classes=5, image_size=32, head="gap", freeze_until=0, multilabel=True,
+                    weights=cfg.init_map()["tiny_cnn"])
+    assert m.weights_loaded == "trunk"

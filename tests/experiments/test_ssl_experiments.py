@@ -76,3 +76,22 @@ def test_smoke_pretrain_then_finetune(tmp_path):
     summary = json.loads((ft / "metrics.json").read_text())
     assert summary["backbone"] == "unet_cbam_encoder_d2w4"
     assert all(0 <= p["auc"] <= 1 for p in summary["points"])
+
+
+@pytest.mark.slow
+def test_ssl_finetune_preset_arm_with_seeds(tmp_path, monkeypatch):
+    """The transfer study's arms: the embedded preset's trunk against scratch, two seeds per point."""
+    import pandas as pd
+
+    from cxr_tf.experiments import ssl_finetune
+
+    monkeypatch.setenv("CXR_TF_HOME", str(tmp_path / "home"))
+    assert ssl_finetune.main(["--smoke", "--arms", "scratch,preset", "--seeds", "0,1", "--fractions", "1.0",
+                              "--runs-dir", str(tmp_path / "runs")]) == 0
+    [run] = list((tmp_path / "runs" / "ssl_finetune").iterdir())
+    table = pd.read_csv(run / "results.csv")
+    assert sorted(table["arm"].unique()) == ["preset", "scratch"] and sorted(table["seed"].unique()) == [0, 1]
+    assert "Mean (standard deviation) over seeds" in (run / "results.md").read_text()
+    assert (run / "plots" / "label_efficiency.png").stat().st_size > 0
+    with pytest.raises(Exception, match="--preset must be preset:NAME"):
+        ssl_finetune.parse(["--smoke", "--arms", "preset", "--preset", "ssl:x"])
