@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from cxr_tf.datasets.contract import CXRDataset
+from cxr_tf.datasets.sources import KERMANY_3CLASS
 from cxr_tf.errors import CXRConfigError, CXRDatasetError, CXRLeakageError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -26,6 +27,10 @@ def _patient_strata(ds: CXRDataset) -> tuple[np.ndarray, np.ndarray]:
         uniq = np.unique(pids)
         return uniq, np.zeros(len(uniq), int)
     cls = ds.class_index()
+    if "subtype" in ds.meta.columns and ds.meta["subtype"].isin(KERMANY_3CLASS).all():
+        # Kermany: stratify by bacterial / viral / normal whatever the class view, so the
+        # 2-class and 3-class runs (and the preset trained on them) share one patient split
+        cls = ds.meta["subtype"].map(KERMANY_3CLASS.index).to_numpy()
     df = pd.DataFrame({"p": pids, "c": cls})
     strata = df.groupby("p")["c"].agg(lambda s: s.value_counts().index[0])
     return strata.index.to_numpy(), strata.to_numpy()

@@ -75,6 +75,42 @@ def make_split(cfg, ds: CXRDataset, run, split: np.ndarray | None = None) -> np.
     return split
 
 
+def preset_overlap(weights: str, ds: CXRDataset, split: np.ndarray) -> dict | None:
+    """Images of this run's val / test splits that a ``preset:`` trunk trained or validated on.
+
+    A preset ships its ``splits.csv`` (paths relative to the data folder); run items match
+    by path suffix. Returns ``{"preset", "val", "test"}`` counts, or None (no preset / list).
+    """
+    if not str(weights or "").startswith("preset:"):
+        return None
+    import pandas as pd
+
+    from cxr_tf.models.presets import load_preset
+
+    preset = load_preset(weights)
+    f = preset.path / "splits.csv"
+    if not f.is_file():
+        return None
+    table = pd.read_csv(f, keep_default_na=False, dtype=str)
+    # a run's test images must be neither trained nor validated on; its val images not trained on
+    seen = {"test": set(table.loc[table["split"].isin(["train", "val"]), "item"]),
+            "val": set(table.loc[table["split"] == "train", "item"])}
+
+    def was_seen(item: str, names: set) -> bool:
+        parts = str(item).replace(os.sep, "/").split("/")
+        return any("/".join(parts[k:]) in names for k in range(max(0, len(parts) - 4), len(parts) - 1))
+
+    out = {"preset": preset.name}
+    for s in ("val", "test"):
+        idx = np.flatnonzero(np.asarray(split) == s)
+        out[s] = int(sum(was_seen(ds.items[i], seen[s]) for i in idx))
+    if out["val"] or out["test"]:
+        log(f"warning: {out['test']} test images of this run were training or validation images of {weights}, "
+            f"{out['val']} validation images were training images: scores on them are optimistic (use the "
+            f"preset's own split: --split with its splits.csv, or data it never saw)")
+    return out
+
+
 def audit_split(cfg, ds: CXRDataset, split: np.ndarray, run) -> tuple[np.ndarray, dict | None]:
     """Near-duplicate audit of the split (``--duplicate-audit``, on by default): writes
     ``duplicates.csv/.png/.json`` into the run folder and returns ``(split, counts)``.

@@ -198,6 +198,7 @@ def run(cfg: PneumoniaFreezeConfig, data=None) -> dict:
     ds = common.check_items(cfg, ds, run_dir)
     assigned = ds.meta["assigned_split"].to_numpy() if data is not None and "assigned_split" in ds.meta else None
     split = common.make_split(cfg, ds, run_dir, split=assigned)
+    overlap = common.preset_overlap(cfg.weights, ds, split)
     (train_ds, val_ds, test_ds), pipes = common.build_pipelines(cfg, ds, split, strategy)
 
     with strategy.scope():
@@ -266,6 +267,7 @@ def run(cfg: PneumoniaFreezeConfig, data=None) -> dict:
         "wall_seconds": round(time.time() - t0, 1),
         "export": export,
         "run_dir": str(run_dir),
+        **({"preset_overlap": overlap} if overlap else {}),
     }
     from cxr_tf.evaluation import write_metrics_json
 

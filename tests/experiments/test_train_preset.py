@@ -140,3 +140,15 @@ def test_train_preset_smoke_writes_a_complete_preset(data_dir, tmp_path, no_cach
     assert {r["split"] for r in rows} <= {"train", "val", "test"}
     with pytest.raises(CXRConfigError, match="--data-dir is required"):
         train_preset.parse(["--smoke"])
+
+
+def test_preset_overlap_counts_images_the_preset_trained_on(no_cache, kermany_dir):
+    from cxr_tf.datasets import load_kermany, patient_split
+    from cxr_tf.experiments.common import preset_overlap
+
+    ds = load_kermany(kermany_dir, classes="pneumonia")
+    split = patient_split(ds, (0.8, 0.1, 0.1), seed=0)  # 2-class view: the same split as the preset's
+    assert preset_overlap(pneumonia_freeze.DEFAULT_PRESET, ds, split) == {"preset": NAME, "val": 0, "test": 0}
+    flipped = np.where(split == "train", "test", split)  # now its training images are "test"
+    assert preset_overlap(pneumonia_freeze.DEFAULT_PRESET, ds, flipped)["test"] == int((split == "train").sum())
+    assert preset_overlap("none", ds, split) is None
