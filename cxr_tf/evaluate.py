@@ -102,7 +102,8 @@ def _predict(models, ds, batch_size: int, tta: int, seed: int) -> tuple[np.ndarr
 def evaluate_exported(model_path, data_dir: str, fmt: str = "auto", out: str | None = None,
                       threshold: float | None = None, on_error: str = "raise", batch_size: int = 32,
                       splits: str | None = None, split_name: str = "test",
-                      cache_dir: str | None = None, tta: int = 1, seed: int = 0) -> dict:
+                      cache_dir: str | None = None, tta: int = 1, seed: int = 0,
+                      operating_points: str | None = None) -> dict:
     """Evaluate an exported SavedModel (or an ensemble: a list of them) on a dataset.
 
     Args:
@@ -111,6 +112,14 @@ def evaluate_exported(model_path, data_dir: str, fmt: str = "auto", out: str | N
             image go to ``predictions.csv``).
         tta: test-time augmentation views per image (1: none); averaged like members.
         seed: the TTA views' seed.
+        operating_points: a run's ``operating_points.json`` (or the run folder holding it):
+            per-class thresholds to decide with instead of the export's own.
+
+    Decisions follow the served graph: per-class thresholds (the export's
+    ``class_thresholds``, or ``operating_points``) by
+    :func:`cxr_tf.evaluation.calibration.decide`, a binary model's threshold on P(class 1),
+    else argmax; ``metrics.json`` / the report name the thresholds used and
+    ``predictions.npz`` holds each image's decision (``y_pred``, ``decision``).
 
     Returns the metrics dict.
     """
@@ -139,9 +148,11 @@ def evaluate_exported(model_path, data_dir: str, fmt: str = "auto", out: str | N
     if len(ds) == 0:
         raise CXRDatasetError(data_dir, "no usable images to evaluate")
     prob, unc = _predict(models, ds, batch_size, max(1, int(tta)), seed)
-    if threshold is None and len(model.class_names) == 2 and len(models) == 1:
-        # an ensemble's average has no validated threshold of its own: argmax unless --threshold
-        threshold = model.threshold  # top level, or nested in older exports
+    threshold, class_thresholds, source = operating_point(models, threshold, operating_points)
+    if class_thresholds is not None:
+        print(f"[cxr_tf] deciding by per-class thresholds ({source}), the served graph's rule: "
+              + ", ".join(f"{c} {'-' if t is None else f'{t:.4g}'}" for c, t in zip(model.class_names,
+                                                                                    class_thresholds)))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = out or os.path.join("runs", "evaluate", stamp)
     os.makedirs(out, exist_ok=True)
@@ -150,14 +161,21 @@ def evaluate_exported(model_path, data_dir: str, fmt: str = "auto", out: str | N
 
         write_skip_list(skipped, os.path.join(out, "skipped.csv"))
     cfg = {"model": [str(p) for p in paths] if len(paths) > 1 else str(paths[0]), "data_dir": str(data_dir),
-           "format": fmt, "images": len(ds), "skipped": len(skipped), "threshold": threshold, "tta_views": tta,
-           "ensemble_members": len(models)}
+           "format": fmt, "images": len(ds), "skipped": len(skipped), "threshold": threshold,
+           "class_thresholds": None if class_thresholds is None else dict(zip(model.class_names, class_thresholds)),
+           "thresholds_from": source, "tta_views": tta, "ensemble_members": len(models)}
     name = Path(str(paths[0])).parent.name + (f" +{len(paths) - 1} (ensemble)" if len(paths) > 1 else "")
     metrics = evaluate_predictions(ds.class_index(), prob, model.class_names, out,
                                    title=f"{name} v{Path(str(paths[0])).name} on {Path(data_dir).name}",
-                                   config=cfg, threshold=threshold, meta=ds.meta)
+                                   config=cfg, threshold=threshold, class_thresholds=class_thresholds, meta=ds.meta)
+    from cxr_tf.evaluation.report import write_metrics_json
+
+    metrics["thresholds_from"] = source  # which operating point decided, beside the thresholds themselves
+    write_metrics_json(os.path.join(out, "metrics.json"), metrics)
+    y_pred = _decisions(prob, threshold, class_thresholds)
     np.savez_compressed(os.path.join(out, "predictions.npz"), y_true=ds.class_index(), y_prob=prob,
-                        items=np.asarray(ds.item_names))
+                        items=np.asarray(ds.item_names), y_pred=y_pred,
+                        decision=np.asarray(model.class_names)[y_pred])
     if unc is not None:
         import pandas as pd
 
@@ -171,6 +189,68 @@ def evaluate_exported(model_path, data_dir: str, fmt: str = "auto", out: str | N
           f"{metrics['accuracy']['value']:.3f}, macro AUC {metrics['macro_auc']['value'] or float('nan'):.3f}; "
           f"report {os.path.join(out, 'report.md')}")
     return metrics
+
+
+def _float32(t) -> float | None:
+    """A threshold as the served graph holds it (float32), or None for a class without one."""
+    if t is None or not np.isfinite(float(t)):
+        return None
+    return float(np.float32(t))
+
+
+def read_operating_points(path, class_names: list[str]) -> list[float | None]:
+    """Per-class thresholds, in ``class_names`` order, from a run's ``operating_points.json``
+    (``{"rule": ..., "thresholds": {class: t}}``) or the run folder holding it."""
+    import json
+
+    from cxr_tf.errors import CXRConfigError
+
+    p = Path(path)
+    p = p / "operating_points.json" if p.is_dir() else p
+    if not p.is_file():
+        raise CXRConfigError(f"--operating-points {path}: no operating_points.json there")
+    thr = json.loads(p.read_text()).get("thresholds") or {}
+    missing = [c for c in class_names if c not in thr]
+    if missing:
+        raise CXRConfigError(f"--operating-points {p}: no threshold for the model's classes {missing} "
+                             f"(it has {sorted(thr)})")
+    return [_float32(thr[c]) for c in class_names]
+
+
+def operating_point(models, threshold, operating_points) -> tuple[float | None, list | None, str]:
+    """``(binary threshold, per-class thresholds, where they came from)`` for the decisions.
+
+    ``--threshold`` wins (binary); then ``--operating-points`` (a binary model uses its
+    positive class's threshold, the binary rule; more classes all of them); then a single
+    export's own ``class_thresholds`` / binary ``threshold`` (what its served decision
+    applies). An ensemble's average has no validated operating point: argmax unless given."""
+    names = list(models[0].class_names)
+    if threshold is not None:
+        return float(threshold), None, "--threshold"
+    if operating_points:
+        ct = read_operating_points(operating_points, names)
+        if len(names) == 2 and ct[1] is not None:
+            return ct[1], None, f"--operating-points {operating_points}"
+        return None, ct, f"--operating-points {operating_points}"
+    if len(models) > 1:
+        return None, None, "argmax (ensemble average: no validated operating point)"
+    model = models[0]
+    if model.class_thresholds and not model.multilabel:
+        return None, [_float32(t) for t in model.class_thresholds], "export metadata class_thresholds"
+    if len(names) == 2 and model.threshold is not None:
+        return float(model.threshold), None, "export metadata threshold"  # top level, or nested in older exports
+    return None, None, "argmax (the export has no operating point)"
+
+
+def _decisions(prob, threshold, class_thresholds) -> np.ndarray:
+    """Per-image class indices by the rule the metrics used."""
+    from cxr_tf.evaluation.calibration import decide
+
+    if class_thresholds is not None:
+        return decide(prob, class_thresholds).astype(np.int64)
+    if threshold is not None:
+        return (prob[:, 1] >= threshold).astype(np.int64)
+    return prob.argmax(1).astype(np.int64)
 
 
 def evaluate_sites(model_path, data_dirs, fmt: str = "auto", out: str | None = None, **kwargs) -> "pd.DataFrame":
@@ -261,13 +341,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation views per image (1 = none; mild seeded shifts and rotations, "
                         "view 0 the original), averaged; entropy per image in predictions.csv")
     p.add_argument("--seed", type=int, default=0, help="seed of the TTA views")
+    p.add_argument("--operating-points", default=None,
+                   help="a run's operating_points.json (or its run folder): decide with these per-class "
+                        "thresholds (the served graph's rule) instead of the export's own; default: the "
+                        "export's class_thresholds / threshold, argmax when it has none")
 
 
 def run(a) -> None:
     """``cxr-tf evaluate`` / ``python -m cxr_tf.evaluate`` with parsed arguments."""
     models = a.model if len(a.model) > 1 else a.model[0]
     kw = dict(threshold=a.threshold, on_error=a.on_error, batch_size=a.batch_size, splits=a.splits,
-              split_name=a.split_name, cache_dir=a.cache_dir, tta=a.tta, seed=a.seed)
+              split_name=a.split_name, cache_dir=a.cache_dir, tta=a.tta, seed=a.seed,
+              operating_points=a.operating_points)
     if len(a.data_dir) > 1:
         evaluate_sites(models, a.data_dir, a.format, a.out, **kw)
     else:

@@ -141,3 +141,57 @@ def test_evaluate_ensemble_and_tta_write_entropy(two_exports, kermany_subset, tm
     assert cli(["evaluate", "--model", two_exports[0], "--data-dir", str(k), "--tta", "4", "--out", str(out2)]) == 0
     p2 = pd.read_csv(out2 / "predictions.csv")
     assert len(p2) == 12 and p2["mutual_information"].max() > 0  # the views disagree somewhat
+
+
+def test_evaluate_decides_by_the_exports_class_thresholds(data_dir, tmp_path):
+    """A 3-class export with per-class thresholds (and a temperature): evaluate's per-image
+    decisions are the served graph's ``decision`` output on real Kermany radiographs."""
+    import keras
+
+    from cxr_tf.export import load_exported
+
+    root = tmp_path / "ds"
+    picks = {"normal": "IM-", "bacteria": "_bacteria_", "virus": "_virus_"}
+    files = []
+    for cls, key in picks.items():
+        (root / cls).mkdir(parents=True)
+        src = "NORMAL" if cls == "normal" else "PNEUMONIA"
+        for p in sorted((data_dir / "kermany224" / "train" / src).glob(f"*{key}*"))[:5]:
+            shutil.copy(p, root / cls / p.name)
+            files.append(root / cls / p.name)
+    names = ["normal", "bacteria", "virus"]
+    keras.utils.set_random_seed(3)
+    m = build_model("tiny_cnn", num_classes=3, image_size=32, freeze_until=0, class_names=names)
+    cal = {"method": "temperature", "temperature": 0.5}  # sharpen: thresholds live on the served scale
+    plain = load_exported(export_for_serving(m, tmp_path / "e", name="plain", class_names=names, image_size=32,
+                                             calibration=cal).path)
+    prob = plain.predict_bytes([f.read_bytes() for f in files])
+    # thresholds that change decisions: the most frequent arg-max class never passes, the
+    # others pass above their median (below it, the rule falls back to the arg-max)
+    top = np.bincount(prob.argmax(1), minlength=3).argmax()
+    thr = [1.0 if k == top else float(np.median(prob[:, k])) for k in range(3)]
+    served = load_exported(export_for_serving(m, tmp_path / "e", name="ops", class_names=names, image_size=32,
+                                              calibration=cal, class_thresholds=thr).path)
+    out = tmp_path / "eval"
+    assert cli(["evaluate", "--model", str(served.path), "--data-dir", str(root), "--format", "folder",
+                "--out", str(out)]) == 0
+    pred = np.load(out / "predictions.npz")
+    by_item = {str(i).split("/")[-1]: str(d) for i, d in zip(pred["items"], pred["decision"])}
+    graph = served.serve_bytes([f.read_bytes() for f in files])["decision"]
+    assert [by_item[f.name] for f in files] == [g.decode() for g in graph]
+    assert (pred["y_pred"] != pred["y_prob"].argmax(1)).any()  # the thresholds mattered on these images
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["thresholds_from"] == "export metadata class_thresholds"
+    assert metrics["class_thresholds"] == pytest.approx(dict(zip(names, thr)), rel=1e-6)
+    assert "at or above its threshold" in metrics["decision_rule"]
+    assert "at or above its threshold" in (out / "report.md").read_text()
+    # a run's operating_points.json overrides the export's (here: plain arg-max thresholds of 0)
+    ops = tmp_path / "run"
+    ops.mkdir()
+    (ops / "operating_points.json").write_text(json.dumps({"rule": "youden", "thresholds": dict.fromkeys(names, 0.0)}))
+    out2 = tmp_path / "eval2"
+    assert cli(["evaluate", "--model", str(served.path), "--data-dir", str(root), "--format", "folder",
+                "--operating-points", str(ops), "--out", str(out2)]) == 0
+    pred2 = np.load(out2 / "predictions.npz")
+    assert (pred2["y_pred"] == pred2["y_prob"].argmax(1)).all()
+    assert json.loads((out2 / "metrics.json").read_text())["thresholds_from"].startswith("--operating-points")

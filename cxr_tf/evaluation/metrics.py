@@ -57,6 +57,7 @@ def classification_metrics(
     class_names,
     *,
     threshold: float | None = None,
+    class_thresholds=None,
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
@@ -69,6 +70,10 @@ def classification_metrics(
         class_names: C names, in column order of ``y_prob``.
         threshold: binary tasks only; predict class 1 when P(class 1) >= threshold.
             Default: argmax (ties go to the lower class index).
+        class_thresholds: one operating threshold per class (None: that class never
+            passes); decisions then follow the exported graph's rule
+            (:func:`cxr_tf.evaluation.calibration.decide`): the most probable class at or
+            above its threshold, argmax when none is. Excludes ``threshold``.
         n_boot: bootstrap resamples for AUC CIs (0 disables them).
         seed: bootstrap seed.
         alpha: 1 - confidence level of all CIs.
@@ -92,7 +97,19 @@ def classification_metrics(
         raise CXRInputError(None, "cannot compute metrics on zero examples")
     n = len(y)
 
-    if threshold is not None:
+    if class_thresholds is not None:
+        from .calibration import decide
+
+        if threshold is not None:
+            raise CXRInputError(None, "give threshold (binary) or class_thresholds (one per class), not both")
+        ct = [None if v is None else float(v) for v in class_thresholds]
+        if len(ct) != c:
+            raise CXRInputError(None, f"class_thresholds needs one value per class ({c}); got {ct}")
+        pred = decide(prob, ct)
+        rule = ("most probable class at or above its threshold, argmax when none is ("
+                + ", ".join(f"{nm} >= {'never' if v is None else f'{v:g}'}" for nm, v in zip(names, ct)) + ")")
+        class_thresholds = dict(zip(names, ct))
+    elif threshold is not None:
         if c != 2:
             raise CXRInputError(None, f"threshold only applies to binary tasks, got {c} classes")
         threshold = float(threshold)
@@ -144,6 +161,7 @@ def classification_metrics(
         "seed": int(seed),
         "decision_rule": rule,
         "threshold": threshold,
+        **({"class_thresholds": class_thresholds} if class_thresholds is not None else {}),
         "accuracy": proportion_stat(int(np.trace(cm)), n, alpha),
         "macro_auc": {**_auc_stat(macro_auc, macro_samples, alpha), "n_classes": len(auc_point)},
         # The seed-000 paper's "averaged accuracy": mean of one-vs-rest accuracies.

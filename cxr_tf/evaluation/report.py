@@ -215,6 +215,7 @@ def evaluate_predictions(
     title: str,
     config: Mapping | None = None,
     threshold: float | None = None,
+    class_thresholds=None,
     n_boot: int = 1000,
     seed: int = 0,
     meta=None,
@@ -233,6 +234,8 @@ def evaluate_predictions(
         title: report heading.
         config: run configuration to include in the report.
         threshold: binary only; decision threshold on P(class 1) (chosen on validation data).
+        class_thresholds: one threshold per class (an export's operating points); decisions
+            then follow the served graph's rule (:func:`cxr_tf.evaluation.calibration.decide`).
         n_boot: bootstrap resamples for AUC CIs.
         seed: bootstrap seed.
         meta: row-aligned metadata (``ds.meta``); where it has ``sex``, ``age`` or
@@ -245,7 +248,8 @@ def evaluate_predictions(
     names = check_class_names(class_names)
     prob = as_prob_matrix(y_prob, len(names))
     y = as_class_indices(y_true, len(names), names)
-    metrics = classification_metrics(y, prob, names, threshold=threshold, n_boot=n_boot, seed=seed)
+    metrics = classification_metrics(y, prob, names, threshold=threshold, class_thresholds=class_thresholds,
+                                     n_boot=n_boot, seed=seed)
     out_dir = os.fspath(out_dir)
     plot_dir = os.path.join(out_dir, "plots")
     os.makedirs(plot_dir, exist_ok=True)
@@ -269,8 +273,8 @@ def evaluate_predictions(
 
         attrs = subgroup_attributes(meta)
         if attrs:
-            sub = subgroup_metrics(y, prob, meta, names, attributes=attrs, threshold=threshold, n_boot=n_boot,
-                                   seed=seed)
+            sub = subgroup_metrics(y, prob, meta, names, attributes=attrs, threshold=threshold,
+                                   class_thresholds=class_thresholds, n_boot=n_boot, seed=seed)
             write_subgroups(sub, out_dir)
             metrics["subgroups"] = {"attributes": attrs, "flagged": sub.flagged, "table": "subgroups.csv"}
             extra["Subgroups"] = sub.markdown

@@ -99,7 +99,8 @@ def _ml_mean_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def _stats(y, prob, names, multilabel, threshold, n_boot, seed, alpha, min_class: int = 0) -> dict:
+def _stats(y, prob, names, multilabel, threshold, n_boot, seed, alpha, min_class: int = 0,
+           class_thresholds=None) -> dict:
     """Point values and CIs of one group: auc, accuracy (+ sensitivity, specificity).
 
     The AUC is left out (None) when a class has fewer than ``min_class`` examples in the
@@ -111,7 +112,8 @@ def _stats(y, prob, names, multilabel, threshold, n_boot, seed, alpha, min_class
             if n_boot and np.isfinite(auc) else (np.nan, np.nan)
         return {"n": len(y), "auc": auc if np.isfinite(auc) else None,
                 "auc_ci": [lo, hi] if np.isfinite(lo) else None}
-    m = classification_metrics(y, prob, names, threshold=threshold, n_boot=n_boot, seed=seed, alpha=alpha)
+    m = classification_metrics(y, prob, names, threshold=threshold, class_thresholds=class_thresholds, n_boot=n_boot,
+                               seed=seed, alpha=alpha)
     out = {"n": m["n"], "auc": m["macro_auc"]["value"], "auc_ci": m["macro_auc"]["bootstrap_ci"],
            "accuracy": m["accuracy"]["value"], "accuracy_ci": m["accuracy"]["wilson_ci"]}
     if min(pc["support"] for pc in m["per_class"].values()) < min_class:
@@ -133,6 +135,7 @@ def subgroup_metrics(
     attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
     multilabel: bool = False,
     threshold: float | None = None,
+    class_thresholds=None,
     min_size: int = 10,
     min_class: int = 5,
     n_boot: int = 1000,
@@ -151,6 +154,8 @@ def subgroup_metrics(
         multilabel: mean per-label AUC (NaN labels masked) instead of class metrics.
         threshold: binary decision threshold (default argmax), as in
             :func:`~cxr_tf.evaluation.classification_metrics`.
+        class_thresholds: per-class operating thresholds (the served decision rule),
+            as in :func:`~cxr_tf.evaluation.classification_metrics`.
         min_size: groups smaller than this are listed with ``n`` only (no metrics,
             never flagged): their CIs would span everything.
         min_class: a group with fewer examples of some class gets no AUC (single-label);
@@ -174,7 +179,7 @@ def subgroup_metrics(
     if len(meta) != len(y):
         raise CXRInputError(None, f"metadata has {len(meta)} rows for {len(y)} predictions")
     meta = meta.reset_index(drop=True)
-    overall = _stats(y, prob, names, multilabel, threshold, n_boot, seed, alpha)
+    overall = _stats(y, prob, names, multilabel, threshold, n_boot, seed, alpha, class_thresholds=class_thresholds)
     metrics = [k for k in ("auc", "accuracy", "sensitivity", "specificity") if k in overall]
     rows = [{"attribute": "all", "group": "all", **overall}]
     for attr in attributes:
@@ -187,7 +192,8 @@ def subgroup_metrics(
                 rows.append({"attribute": attr, "group": g, "n": len(idx)})
                 continue
             try:
-                st = _stats(y[idx], prob[idx], names, multilabel, threshold, n_boot, seed, alpha, min_class)
+                st = _stats(y[idx], prob[idx], names, multilabel, threshold, n_boot, seed, alpha, min_class,
+                            class_thresholds)
             except CXRInputError:  # e.g. a group of one class only: no AUC, but keep the row
                 st = {"n": len(idx)}
             rows.append({"attribute": attr, "group": g, **st})

@@ -22,15 +22,21 @@ Commands::
 
 Writes ``runs/covid_ssl_compare/<UTC>/``: config, splits, ``source_mix.csv`` (the
 shortcut table), per-model ``<model>/metrics.json`` and plots, ``comparison.md`` /
-``comparison.csv`` (the seed-000 table), ``cam_border.csv`` (Grad-CAM border-band
-share per model over test images) and TensorBoard logs with CAM overlays.
+``comparison.csv`` (the seed-000 table), ``within_source.csv`` (COVID vs the rest inside
+one collection), ``duplicates.csv/.png/.json`` (the near-duplicate audit of the split),
+``cam_border.csv`` (Score-CAM border-band share per model over test images, with the CAM
+grid, whether it resolves the border, and its cost) and TensorBoard logs with CAM overlays.
+Seed 000 explains with Score-CAM, so that is the default ``--cam-method``.
 
-Result (experiments/results/covid_ssl_compare.md; 2-core AMD EPYC VM, one core, 21 min):
+Result (experiments/results/covid_ssl_compare.md, re-run 2026-12-04 on the 2-core AMD EPYC VM):
 64 px, 607 images per class, 8 epochs, batch 16, lr 1e-3, every model from random init but
-the SSL encoder (pretrained on 1,000 NIH images): averaged accuracy ResNet50 0.934,
-DenseNet121 0.926, ResNet18 0.923, SSL UNet+CBAM encoder 0.923 (the same encoder from random
-init: 0.926), MobileNet 0.912, MobileNetV2 0.886, SqueezeNet 0.551 (did not learn); the seed
-(ImageNet / SSL, 224 px): 0.961-0.986. SSL did not help at this scale.
+the SSL encoder (pretrained on 1,000 NIH images): averaged accuracy SSL UNet+CBAM encoder
+0.937 (the same encoder from random init: 0.945), ResNet18 0.930, ResNet50 0.923, DenseNet121
+0.919, MobileNetV2 0.904, MobileNet 0.893, SqueezeNet 0.551 (did not learn), macro AUCs
+0.965-0.993 with mostly overlapping CIs; the seed (ImageNet / SSL, 224 px): 0.961-0.986. SSL
+did not help at this scale. Scored inside covid19_radiography alone (36 COVID / 17 normal) the
+COVID AUC falls from 0.972-0.997 to 0.799-0.990, beyond the within-source CI for six of eight
+models: the mixed figure is partly the source. Score-CAM border shares 0.18-0.28 (uniform 0.36).
 """
 from __future__ import annotations
 
@@ -64,8 +70,12 @@ class CovidCompareConfig(TrainConfig):
     bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
     augment: str = "light"
     epochs: int = 20
-    cam_images: int = opt(32, "test images for the CAM border check and TensorBoard overlays")
-    cam_method: str = opt("gradcam", "CAM method: gradcam | gradcampp | scorecam")
+    cam_images: int = opt(32, "test images for the CAM border check and TensorBoard overlays; Score-CAM costs "
+                              "32 masked forward passes per image (Faster Score-CAM, max_N=32), so lower this "
+                              "for the big zoo models at large sizes (cam_seconds in cam_border.csv says what "
+                              "it cost)")
+    cam_method: str = opt("scorecam", "CAM method: scorecam (seed 000's; the linear-output twin) | gradcam | "
+                                      "gradcam++")
 
     def apply_smoke(self) -> None:
         super().apply_smoke()
@@ -209,13 +219,38 @@ def as_arrays(ds, image_size: int):
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def cam_sample(labels, n: int) -> np.ndarray:
+    """Up to ``n`` test indices for the CAM check, as even over the classes as they allow
+    and spread evenly through each class (the split lists items by source, so the first
+    ``n`` would all be one class from one collection)."""
+    labels = np.asarray(labels)
+    per = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    take = dict.fromkeys(per, 0)
+    for _ in range(min(n, len(labels))):  # one more from the class with the fewest taken that has any left
+        c = min((c for c in per if take[c] < len(per[c])), key=lambda c: (take[c], c))
+        take[c] += 1
+    picks = [idx[np.linspace(0, len(idx) - 1, take[c]).round().astype(int)] for c, idx in per.items() if take[c]]
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, int)
+
+
 def cam_check(model, images, run, name: str, method: str, step: int = 0) -> dict:
-    """Border-band share of CAM mass over ``images`` + an overlay grid in TensorBoard."""
+    """Border-band share of CAM mass over ``images`` + an overlay grid in TensorBoard
+    (``cam_seconds``: what the maps cost)."""
     from cxr_tf.explain import border_report, log_overlays_to_tensorboard
 
+    t = time.time()
     summary, cams = border_report(model, images, method=method)
-    log_overlays_to_tensorboard(run.tensorboard / name, images[:16], cams[:16], tag=f"{method}_test_overlays",
+    summary["cam_seconds"] = round(time.time() - t, 1)
+    show = np.linspace(0, len(images) - 1, min(16, len(images))).round().astype(int)  # spread over the classes
+    log_overlays_to_tensorboard(run.tensorboard / name, images[show], cams[show], tag=f"{method}_test_overlays",
                                 step=step, description=f"{method} on {summary['layer']}, test images")
+    from PIL import Image
+
+    from cxr_tf.explain.overlay import overlay_grid
+
+    grid = Image.fromarray(overlay_grid(images[show], cams[show]))  # the same grid as a file, 3x for viewing
+    (run / name).mkdir(exist_ok=True)
+    grid.resize((grid.width * 3, grid.height * 3), Image.NEAREST).save(run / name / f"{method}_overlays.png")
     return summary
 
 
@@ -237,6 +272,12 @@ def run(cfg: CovidCompareConfig) -> dict:
 
     names = model_list(cfg)
     init = parse_init(cfg.init)
+    from cxr_tf.explain import METHODS
+
+    if cfg.cam_method not in METHODS:  # before any model trains, not after the first one
+        from cxr_tf.errors import CXRConfigError
+
+        raise CXRConfigError(f"--cam-method must be one of {METHODS}; got {cfg.cam_method!r}")
     if SSL_BACKBONE in names and SSL_BACKBONE not in init:
         common.log(f"warning: {SSL_BACKBONE} has no --init {SSL_BACKBONE}=ssl:DIR, so it trains from random "
                    "weights (the row is then not the seed's SSL-pretrained model)")
@@ -250,7 +291,11 @@ def run(cfg: CovidCompareConfig) -> dict:
     train_ds, val_ds, test_ds = (ds.subset(split == s) for s in ("train", "val", "test"))
     val = build_pipeline(val_ds, cfg.image_size, cfg.batch_size, training=False)
     test = build_pipeline(test_ds, cfg.image_size, cfg.batch_size, training=False)
-    x_cam = as_arrays(test_ds.subset(np.arange(min(cfg.cam_images, len(test_ds)))), cfg.image_size)[0]
+    cam_idx = cam_sample(test_ds.class_index(), cfg.cam_images)
+    x_cam = as_arrays(test_ds.subset(cam_idx), cfg.image_size)[0]
+    cam_classes = ", ".join(f"{c} {n}" for c, n in zip(ds.class_names, np.bincount(
+        test_ds.class_index()[cam_idx], minlength=ds.num_classes)))
+    common.log(f"CAM border check on {len(cam_idx)} test images ({cam_classes})")
 
     results, rows, cam_rows, timing, within_tables = {}, [], [], {}, []
     for name in names:
@@ -290,7 +335,7 @@ def run(cfg: CovidCompareConfig) -> dict:
         within_tables.append(ws)
         rows += per_class_rows(name, m)
         cam = cam_check(model, x_cam, run_dir, name, cfg.cam_method)
-        cam_rows.append({"model": name, **cam})
+        cam_rows.append({"model": name, **cam, "classes": cam_classes})
         timing[name] = {"fit_seconds": round(fit_s, 1), "parameters": model.parameter_counts(),
                         "weights": weights or "random"}
         common.log(f"{name}: averaged accuracy {m['averaged_accuracy']:.3f}, macro AUC "
@@ -321,9 +366,13 @@ def run(cfg: CovidCompareConfig) -> dict:
           *within_md,
           "## Source mix warnings\n", *(f"- {w}" for w in warns or ["none"]), "",
           f"## CAM border-band share ({cfg.cam_method}, outer 10%; uniform = 0.36)\n",
-          pd.DataFrame(cam_rows)[["model", "layer", "n", "border_share_mean", "fraction_above_uniform"]]
+          pd.DataFrame(cam_rows)[["model", "layer", "cam_grid", "resolves_border", "n", "border_share_mean",
+                                  "fraction_above_uniform", "cam_seconds"]]
           .to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else pd.DataFrame(cam_rows).to_string(),
-          "", f"Wall time: {wall} s. Per model: {json.dumps(timing)}"]
+          "", f"CAM images: {len(cam_idx)} test images spread over the classes ({cam_classes}). A CAM grid under "
+          "3 cells a side cannot separate border from centre (`resolves_border` false): its share is then the "
+          "upsampling, not evidence; check such models at a larger image size.", "",
+          f"Wall time: {wall} s. Per model: {json.dumps(timing)}"]
     (run_dir / "comparison.md").write_text("\n".join(md) + "\n")
     summary = {"models": names, "results": {k: {"averaged_accuracy": v["averaged_accuracy"],
                                                  "macro_auc": v["macro_auc"]["value"]} for k, v in results.items()},

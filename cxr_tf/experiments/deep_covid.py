@@ -79,7 +79,7 @@ class DeepCovidConfig(TrainConfig):
     bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
     measure_speedup: bool = opt(True, "time cached-feature training against training through the trunk")
     cam_images: int = opt(32, "test images for the CAM border check and TensorBoard overlays")
-    cam_method: str = opt("gradcam", "CAM method: gradcam | gradcampp | scorecam")
+    cam_method: str = opt("gradcam", "CAM method: gradcam | gradcam++ | scorecam")
     export_models: str = opt("all", "models to export: all | none | comma list")
     saved_models_dir: str = opt("saved_models", "where SavedModel exports are written")
     balance_sources: bool = opt(False, "source-balanced design: every class from the same sources in the same "

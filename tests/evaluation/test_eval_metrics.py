@@ -140,3 +140,29 @@ def test_multilabel_masks_nan():
     json.dumps(m, allow_nan=False)
     with pytest.raises(CXRInputError):  # CheXpert uncertain label not mapped
         multilabel_metrics(np.where(np.isnan(y), -1.0, y), p, names)
+
+
+def test_class_thresholds_decide_by_the_served_rule():
+    from sklearn.metrics import confusion_matrix
+
+    from cxr_tf.errors import CXRInputError
+    from cxr_tf.evaluation.calibration import decide
+    from cxr_tf.export import decision_rule
+
+    rng = np.random.default_rng(0)
+    prob = rng.dirichlet([1, 1, 1], 300)
+    y = rng.integers(0, 3, 300)
+    thr = [0.6, 0.2, None]  # "c" never passes on its own: it is chosen only as the arg-max fallback
+    m = classification_metrics(y, prob, ["a", "b", "c"], class_thresholds=thr, n_boot=0)
+    pred = decide(prob, thr)
+    assert (pred != prob.argmax(1)).any()
+    assert m["confusion_matrix"] == confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
+    served = decision_rule(prob.astype(np.float32), class_thresholds=[0.6, 0.2, np.inf])
+    np.testing.assert_array_equal(pred, served)
+    assert m["class_thresholds"] == {"a": 0.6, "b": 0.2, "c": None}
+    assert "at or above its threshold" in m["decision_rule"] and "c >= never" in m["decision_rule"]
+    with pytest.raises(CXRInputError, match="one value per class"):
+        classification_metrics(y, prob, ["a", "b", "c"], class_thresholds=[0.5, 0.5], n_boot=0)
+    with pytest.raises(CXRInputError, match="not both"):
+        classification_metrics(y % 2, prob[:, :2] / prob[:, :2].sum(1, keepdims=True), ["a", "b"], threshold=0.5,
+                               class_thresholds=[0.5, 0.5], n_boot=0)

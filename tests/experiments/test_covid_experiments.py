@@ -105,6 +105,10 @@ def test_compare_smoke_on_real_data(tmp_path, data_dir):
     # at 64 px SqueezeNet's fire9 map is 3x3: the CAM layer chosen is the deepest with a >= 7x7 map
     assert list(cam["layer"]) == ["block3_relu", "fire5_concat"] and cam["border_share_mean"].between(0, 1).all()
     assert cam["resolves_border"].all()
+    assert (cam["method"] == "scorecam").all() and (cam["cam_seconds"] >= 0).all()  # seed 000 explains with Score-CAM
+    assert (run / "squeezenet" / "scorecam_overlays.png").is_file()
+    assert "scorecam, outer 10%" in md
+    assert (run / "duplicates.json").is_file()  # the near-duplicate audit of the split
     assert (run / "squeezenet" / "model.keras").is_file()
     ws = pd.read_csv(run / "within_source.csv")
     assert set(ws["model"]) == {"tiny_cnn", "squeezenet"}
@@ -160,3 +164,11 @@ def test_deep_covid_source_balanced_design_and_within_source_table(tmp_path, dat
     assert (ws["n_pos"] > 0).all() and (ws["n_neg"] > 0).all()
     md = (run / "deep_covid.md").read_text()
     assert "## Within-source evaluation" in md and "source-balanced" in md
+
+
+def test_cam_sample_covers_every_class():
+    y = np.array([2] * 59 + [0] * 59 + [1] * 63)  # the split lists the test items class by class
+    idx = cmp.cam_sample(y, 32)
+    assert len(idx) == 32 and len(set(idx)) == 32 and sorted(np.bincount(y[idx])) == [10, 11, 11]
+    assert list(cmp.cam_sample(np.array([0, 0, 1]), 8)) == [0, 1, 2]  # fewer images than asked: all of them
+    assert list(cmp.cam_sample(np.array([0, 1, 1, 1, 1]), 3)) == [0, 1, 4]  # the short class gives what it has
