@@ -128,10 +128,13 @@ def load_predictor(spec: str) -> Predictor:
             raise CXRModelError(f"{path}: a run folder without checkpoints/best.weights.h5 (unfinished run?)")
         model = CXRClassifier.from_config(json.loads((path / "model.json").read_text())["config"])
         model.load_weights(str(ckpt))
-        thr = None
+        thr, temperature = None, None
         if (path / "metrics.json").is_file():
             thr = json.loads((path / "metrics.json").read_text()).get("threshold")
-        return _keras_predictor(model, f"run {path}", _binary_threshold(model.class_names, thr))
+        if (path / "calibration.json").is_file():  # the run's threshold lives on its calibrated scale
+            temperature = json.loads((path / "calibration.json").read_text()).get("temperature")
+        return _keras_predictor(model, f"run {path}", _binary_threshold(model.class_names, thr),
+                                temperature=temperature)
     if path.is_file() and path.suffix == ".keras":
         import keras
 
