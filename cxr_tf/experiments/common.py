@@ -25,8 +25,9 @@ def log(msg: str) -> None:
 
 
 def setup_runtime(cfg):
-    """Seeds, determinism and the distribution strategy (before any other TF op)."""
+    """Seeds, determinism, the dtype policy and the distribution strategy (before any other TF op)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from cxr_tf.training.precision import set_precision
     from cxr_tf.training.strategy import make_strategy
 
     strategy = make_strategy(cfg.strategy, cfg.cpu_devices)
@@ -38,6 +39,7 @@ def setup_runtime(cfg):
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
+    set_precision(getattr(cfg, "precision", "float32"))  # every run sets it: none leaks into the next
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     return strategy

@@ -22,6 +22,7 @@ The metadata also stores the Keras config of the model (``keras_model``), so
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -262,6 +263,58 @@ def _keras_config(model) -> dict | None:
         return None
 
 
+@contextlib.contextmanager
+def float32_policy():
+    """Keras' global dtype policy is float32 inside the block (restored after)."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _mixed_layers(model) -> list[str]:
+    return [l.name for l in model._flatten_layers(include_self=False)
+            if getattr(l, "compute_dtype", "float32") != "float32"]
+
+
+def float32_model(model):
+    """``model`` itself when it computes in float32, else a float32 copy with the same weights.
+
+    Why the export never serves a mixed-precision graph (``--precision mixed_*``): a SavedModel
+    traced from a mixed model runs its convolutions in float16/bfloat16 wherever it is served,
+    and TF Serving and TFLite on CPUs emulate those slowly or not at all; its probabilities then
+    depend on the serving hardware's 16-bit kernels. Mixed precision is a training speed-up:
+    the variables are float32 (the policy's variable dtype), so the float32 copy holds exactly
+    the trained weights and serves what the model computes in full precision. It differs from
+    the mixed model's own predictions only by the 16-bit rounding of the activations
+    (tests/training/test_precision.py measures the bound).
+    """
+    import keras
+
+    if not _mixed_layers(model):
+        return model
+    with float32_policy():
+        if not type(model).__module__.startswith("keras."):
+            # A model class that rebuilds itself from its own config (CXRClassifier): its
+            # layers take the global policy when they are built.
+            clone = type(model).from_config(model.get_config())
+        else:  # plain functional / sequential: each layer's config carries its policy
+            clone = keras.models.clone_model(
+                model, clone_function=lambda l: l.__class__.from_config({**l.get_config(), "dtype": "float32"}))
+    if len(clone.weights) != len(model.weights):
+        raise CXRModelError(f"float32 copy of {model.name} has {len(clone.weights)} weights, "
+                            f"the model {len(model.weights)}")
+    clone.set_weights(model.get_weights())
+    left = _mixed_layers(clone)
+    if left:
+        raise CXRModelError(f"cannot export {model.name} in float32: layers {left[:5]} keep a 16-bit policy")
+    return clone
+
+
 # --------------------------------------------------------------------------- helpers
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
@@ -384,6 +437,7 @@ def export_for_serving(
         CXRImageError: a warm-up image cannot be decoded.
     """
     name = name if name is not None else model.name
+    model = float32_model(model)  # a --precision mixed_* model serves its weights in float32
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise CXRConfigError(f"model name {name!r} must be letters, digits, '.', '_' or '-'")
     class_names = [str(c) for c in class_names]
@@ -579,7 +633,8 @@ class ExportedModel:
         if not cfg:
             raise CXRModelError(f"{self.path}: this export stores no Keras config (exported before cxr_tf "
                                 "stored one); re-export it, or pass a .keras file")
-        model = keras.saving.deserialize_keras_object(cfg)
+        with float32_policy():  # the export is float32 (float32_model) whatever the caller's policy
+            model = keras.saving.deserialize_keras_object(cfg)
         src = list(self.module.model_variables)
         if len(src) != len(model.variables):
             raise CXRModelError(f"{self.path}: {len(src)} exported variables for a model with "
