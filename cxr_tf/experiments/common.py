@@ -8,6 +8,7 @@ Experiments call these steps; each step is usable on its own.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -20,8 +21,9 @@ from cxr_tf.errors import CXRConfigError
 from cxr_tf.training.inputs import train_pipeline  # noqa: F401  (experiments call common.train_pipeline)
 
 
-def log(msg: str) -> None:
-    print(f"[cxr_tf] {msg}", flush=True)
+logger = logging.getLogger("cxr_tf.experiments")
+#: The experiments' shorthand for an INFO line (``[cxr_tf] ...``, cxr_tf.log).
+log = logger.info
 
 
 def setup_runtime(cfg):
@@ -223,7 +225,8 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = Tr
     cw = class_weights(train_ds) if cfg.balance == "class_weight" else None
     t = time.time()
     hist = model.fit(train_data, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
-                     callbacks=cbs, class_weight=cw, shuffle=False, verbose=2)
+                     callbacks=cbs, class_weight=cw, shuffle=False,
+                     verbose=2 if logger.isEnabledFor(logging.INFO) else 0)  # --quiet: no epoch lines
     # The whole run's per-epoch log, including epochs done before a restart.
     history = resume.read_history_csv(run / "history.csv") or hist.history
     return history, time.time() - t

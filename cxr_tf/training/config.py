@@ -90,6 +90,8 @@ class TrainConfig:
     resume: bool = opt(False, "resume the newest unfinished run of this experiment with the same config")
     cache_dir: str | None = opt(None, "folder for decoded DICOM caches (default: ~/.cache/cxr_tf/decoded)")
     smoke: bool = opt(False, "shrink everything for a quick test run (explicit flags still win)")
+    quiet: bool = opt(False, "print warnings and errors only (no progress lines, no Keras epoch lines)")
+    verbose: bool = opt(False, "print debugging messages too")
 
     def optimizer_config(self) -> OptimizerConfig:
         return OptimizerConfig(
@@ -197,4 +199,8 @@ def parse_config(cls, argv: Sequence[str] | None = None, description: str | None
         for k in explicit:
             setattr(cfg, k, getattr(args, k))
     cfg.validate()
+    if hasattr(cfg, "quiet"):  # --quiet / --verbose: the cxr_tf loggers' level (cxr_tf.log)
+        from cxr_tf.log import set_verbosity
+
+        set_verbosity(cfg.quiet, cfg.verbose)
     return cfg
