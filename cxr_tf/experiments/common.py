@@ -144,15 +144,9 @@ def load_experiment_data(cfg, classes: str = "3class") -> CXRDataset:
         log(f"data: {cfg.data_dir} read as {fmt} ({how}): {describe_format(cfg.data_dir, fmt)}")
         ds = load_dataset(cfg.data_dir, fmt, **kwargs)
         patients_from = getattr(ds, "patients_from", "")
-        if fmt == "folder":  # no user-given patient ids: DICOMs group by PatientID, pseudonymized
-            from cxr_tf.privacy import pseudonymize_dicom_patients
-
-            listed_skipped = getattr(ds, "skipped", [])
-            ds, n = pseudonymize_dicom_patients(ds)
-            ds.skipped = listed_skipped
-            if n:
-                log(f"patient ids of {n} DICOM files from their PatientID tag (salted hash, cxr_tf.privacy)")
-                patients_from += f"; {n} DICOM files grouped by their PatientID tag"
+        n = getattr(ds, "pseudonymized", 0)  # the folder loader grouped DICOMs by their PatientID tag
+        if n:
+            log(f"patient ids of {n} DICOM files from their PatientID tag (salted hash, cxr_tf.datasets.privacy)")
         log(f"patients: {patients_from or 'from the source'}; {ds.meta['patient_id'].nunique()} patients, "
             f"{len(ds)} images, classes {ds.class_names}")
     else:

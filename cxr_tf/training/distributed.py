@@ -32,7 +32,7 @@ every worker to call the ``tf.train`` checkpoint save; the others save into a te
 folder deleted at the end. Non-chief workers keep their config, split and history in
 ``<run-dir>/.workers/<task>/`` and stop after training (no evaluation, no export).
 Every worker must build the same dataset and split: same data, same ``--seed``, and,
-for DICOM folders (patients from the PatientID tag, :mod:`cxr_tf.privacy`), the same
+for DICOM folders (patients from the PatientID tag, :mod:`cxr_tf.datasets.privacy`), the same
 ``CXR_TF_PATIENT_SALT``.
 
 Running on a multi-host GPU cluster
