@@ -260,7 +260,7 @@ def _portable_module(model, image_size: int):
     import tensorflow as tf
 
     from cxr_tf.data.preprocess import CHANNELS
-    from cxr_tf.export.savedmodel import _tf_variable
+    from cxr_tf.export.savedmodel.write import _tf_variable
 
     spec = tf.TensorSpec([None, image_size, image_size, CHANNELS], tf.float32, name=INPUT_NAME)
 
@@ -659,7 +659,7 @@ def model_card(info: dict) -> str:
 
 
 def _cxr_tf_version() -> str:
-    from cxr_tf.export.savedmodel import _cxr_tf_version as v
+    from cxr_tf.export.savedmodel.write import _cxr_tf_version as v
 
     return v()
 
