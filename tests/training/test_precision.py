@@ -58,6 +58,15 @@ def test_output_layer_and_loss_float32_under_mixed_policy(policy, precision):
     assert model.predict(x, verbose=0).dtype == np.float32
 
 
+def test_restoration_output_float32_under_mixed_policy(policy):
+    from cxr_tf.models.unet_cbam import UNetCBAM
+
+    policy("mixed_float16")
+    model = UNetCBAM(32, 1, depth=2, width=8)
+    assert model.get_layer("restored").compute_dtype == "float32" and model.outputs[0].dtype == "float32"
+    assert model.get_layer("enc1_conv1").compute_dtype == "float16"
+
+
 def test_set_precision_rejects_unknown(policy):
     from cxr_tf.errors import CXRConfigError
 
