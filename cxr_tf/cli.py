@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import pkgutil
 import sys
 
 from cxr_tf.errors import CXRError
+from cxr_tf.log import add_verbosity_flags, set_verbosity
+
+logger = logging.getLogger("cxr_tf.cli")
 
 
 #: Named augmentation policies and extras, for --help without importing TensorFlow
@@ -69,7 +73,11 @@ def _experiments_text() -> str:
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     argv = list(sys.argv[1:] if argv is None else argv)
+    lead = []  # cxr-tf --quiet CMD ...: taken off so that CMD comes first
+    while argv[:1] in (["--quiet"], ["--verbose"]):
+        lead.append(argv.pop(0))
     p = argparse.ArgumentParser(prog="cxr-tf", description="cxr_tf: chest X-ray deep learning with Keras/TensorFlow")
+    add_verbosity_flags(p)
     sub = p.add_subparsers(dest="cmd", required=True)
     # add_help=False: ``train EXPERIMENT --help`` belongs to the experiment's own parser
     t = sub.add_parser("train", help="run an experiment (cxr-tf train --help lists them)", add_help=False)
@@ -114,6 +122,9 @@ def main(argv=None) -> int:
     preset_command.add_arguments(sub.add_parser("presets", help="list, show or save pretrained presets"))
     predict_cmd.add_arguments(sub.add_parser("predict", help="probabilities and decisions for unlabelled images"))
 
+    for name, sp in sub.choices.items():  # cxr-tf --quiet CMD and cxr-tf CMD --quiet alike
+        if name != "train":  # an experiment's own parser has the flags (TrainConfig)
+            add_verbosity_flags(sp, suppress_defaults=True)
     if argv[:1] == ["train"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
         # the experiment list is the help: exit 0 when asked for, 2 when the experiment is missing
         print(_experiments_text(), file=sys.stdout if len(argv) > 1 else sys.stderr)
@@ -122,16 +133,18 @@ def main(argv=None) -> int:
             return 2
         return 0
     if argv[:1] == ["train"]:
-        a, rest = p.parse_known_args(argv)
+        a, rest = p.parse_known_args(lead + argv)
     else:
-        a, rest = p.parse_args(argv), []
+        a, rest = p.parse_args(lead + argv), []
+    set_verbosity(a.quiet, a.verbose)
     try:
         if a.cmd == "train":
             if a.experiment not in _experiments():
                 print(_experiments_text(), file=sys.stderr)
                 print(f"cxr-tf train: error: unknown experiment {a.experiment!r}", file=sys.stderr)
                 return 2
-            return importlib.import_module(f"cxr_tf.experiments.{a.experiment}").main(rest)
+            # the experiment's parser sets the level again: cxr-tf --quiet train X == cxr-tf train X --quiet
+            return importlib.import_module(f"cxr_tf.experiments.{a.experiment}").main(rest + lead)
         if a.cmd == "evaluate":
             ev.run(a)
         elif a.cmd == "judge":
@@ -179,7 +192,7 @@ def _augment_grid(a) -> None:
         png = tf.io.encode_png(np.clip((arr - arr.min()) / max(np.ptp(arr), 1e-6) * 65535, 0, 65535).astype(np.uint16)[..., None])
         imgs.append(prepare_image(png, a.image_size).numpy())
     augmentation_grid(np.stack(imgs), a.policy, a.out, n_aug=a.n, seed=a.seed)
-    print(f"[cxr_tf] wrote {a.out}")
+    logger.info(f"wrote {a.out}")
 
 
 def _distortion_grid(a) -> None:
@@ -191,7 +204,7 @@ def _distortion_grid(a) -> None:
     names = None if a.distortions == "all" else [n.strip() for n in a.distortions.split(",")]
     sev = [float(v) for v in a.severities.split(",")]
     distortion_grid(img, a.out, names=names, severities=sev, seed=a.seed, title=os.path.basename(a.image))
-    print(f"[cxr_tf] wrote {a.out}")
+    logger.info(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
+
+logger = logging.getLogger("cxr_tf.cli")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,8 +46,8 @@ def run(a) -> None:
         p = P.load_preset(a.name)
         card = p.path / P.CARD_FILE
         print(card.read_text() if card.is_file() else P.model_card(p.metadata, p.config))
-        print(f"[cxr_tf] {p.source}: {p.path}")
+        logger.info(f"{p.source}: {p.path}")
     elif a.presets_cmd == "save":
         out = P.save_preset_from_run(a.run, a.name, a.out, weights_dtype=a.weights_dtype, overwrite=a.overwrite,
                                      licence=a.licence, description=a.description)
-        print(f"[cxr_tf] wrote preset {a.name} to {out} (load with preset:{a.name if a.out is None else out})")
+        logger.info(f"wrote preset {a.name} to {out} (load with preset:{a.name if a.out is None else out})")

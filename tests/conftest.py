@@ -80,3 +80,14 @@ def write_dicom():
         ds.save_as(str(path), enforce_file_format=True)
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_after_each_test():
+    """A test that sets Keras' global dtype policy (``--precision mixed_*``) leaves float32 behind."""
+    yield
+    import sys
+
+    keras = sys.modules.get("keras")
+    if keras is not None and keras.config.dtype_policy().name != "float32":
+        keras.config.set_dtype_policy("float32")

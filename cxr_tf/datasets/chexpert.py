@@ -12,7 +12,7 @@ name). ``root`` may be ``ROOT`` or the ``CheXpert-v1.0-small`` folder itself.
 Labels are kept exactly as the NLP labeller wrote them: ``1`` positive, ``0``
 negative, ``-1`` uncertain, blank -> ``NaN`` (not mentioned). The uncertain ``-1``
 therefore stays in the label matrix; the training code turns it into targets and
-weights with a policy (:mod:`cxr_tf.training.uncertainty`) and evaluation masks it.
+weights with a policy (:mod:`cxr_tf.noisy.uncertainty`) and evaluation masks it.
 """
 from __future__ import annotations
 

@@ -274,8 +274,17 @@ def load_folder(
     labels = np.zeros((len(meta), len(names)), np.float32)
     labels[np.arange(len(meta)), meta["label_index"].to_numpy()] = 1.0
     ds = CXRDataset(meta["item"].tolist(), labels, names, meta, name=root.name)
+    # No user-given patient ids in a folder: DICOMs group by their PatientID tag, only ever
+    # as a salted hash (cxr_tf.datasets.privacy). Here, so that every reader of a folder
+    # (training, cxr-tf evaluate, perceptual_testset) splits and reports by the same patients.
+    from cxr_tf.datasets.privacy import pseudonymize_dicom_patients
+
+    ds, n = pseudonymize_dicom_patients(ds)
     ds.skipped = []
+    ds.pseudonymized = n
     ds.patients_from = (f"file name regex {patient_regex!r}" if rx else "none given: each image is its own patient")
+    if n:
+        ds.patients_from += f"; {n} DICOM files grouped by their PatientID tag"
     return ds
 
 

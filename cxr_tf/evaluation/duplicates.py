@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import warnings
@@ -26,6 +27,8 @@ import pandas as pd
 from cxr_tf.datasets.contract import CXRDataset
 from cxr_tf.io import display_name
 from cxr_tf.datasets.duplicates import DEFAULT_THRESHOLD, N_BITS, dedupe_mask, find_duplicates
+
+logger = logging.getLogger("cxr_tf.evaluation")
 
 CSV_COLUMNS = ["item_a", "item_b", "split_a", "split_b", "source_a", "source_b", "patient_a", "patient_b",
                "distance", "group", "cross_split", "cross_source", "same_patient", "patient_leakage"]
@@ -325,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cxr_tf: error: {e}", file=sys.stderr)
         return 2
     print(format_counts(counts))
-    print(f"[cxr_tf] wrote {a.out}/duplicates.csv, duplicates.png, duplicates.json")
+    logger.info(f"wrote {a.out}/duplicates.csv, duplicates.png, duplicates.json")
     return 0
 
 

@@ -136,7 +136,7 @@ class ChexpertNoisyConfig(TrainConfig):
     def uncertainty_policy(self, policy: str):
         """The :class:`UncertaintyPolicy` of a row with U-policy ``policy`` and this config's
         LSR range and (per-label) blank handling; ``CXRConfigError`` on a malformed option."""
-        from cxr_tf.training.uncertainty import UncertaintyPolicy, parse_blank, parse_blank_weight, parse_policy
+        from cxr_tf.noisy.uncertainty import UncertaintyPolicy, parse_blank, parse_blank_weight, parse_policy
 
         def flag(name, fn, v):
             try:
@@ -155,7 +155,7 @@ class ChexpertNoisyConfig(TrainConfig):
 
     def check_labels(self, names) -> None:
         """Per-label options (``--base-policy``, ``--blank``, ``--blank-weight``) name real labels."""
-        from cxr_tf.training.uncertainty import UncertaintyPolicy
+        from cxr_tf.noisy.uncertainty import UncertaintyPolicy
 
         pol = self.uncertainty_policy(self.base_policy)
         for flag, field in (("base-policy", "uncertain"), ("blank", "blank"), ("blank-weight", "blank_weight")):
@@ -300,12 +300,12 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
     import tensorflow as tf
 
     from cxr_tf.models import build_model
-    from cxr_tf.training.losses import MaskedBinaryCrossentropy, MentorNetBinaryCrossentropy
-    from cxr_tf.training.noisy import (
+    from cxr_tf.noisy.losses import MaskedBinaryCrossentropy, MentorNetBinaryCrossentropy
+    from cxr_tf.noisy.methods import (
         conditional_weights, derive_parent_labels, freeze_all_but, hierarchical_probabilities, make_masked_mixup,
         relabel,
     )
-    from cxr_tf.training.uncertainty import pack
+    from cxr_tf.noisy.uncertainty import pack
 
     keras.utils.set_random_seed(cfg.seed)
     tr, va, te = idx
@@ -447,7 +447,7 @@ def run(cfg: ChexpertNoisyConfig) -> dict:
     common.setup_runtime(cfg)
     from cxr_tf.datasets import patient_split, save_splits
     from cxr_tf.datasets.splits import split_summary
-    from cxr_tf.training.noisy import restrict_hierarchy
+    from cxr_tf.noisy.methods import restrict_hierarchy
     from cxr_tf.training.run import create_run_dir
 
     run_dir = create_run_dir(cfg)

@@ -8,6 +8,7 @@ Experiments call these steps; each step is usable on its own.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -20,13 +21,15 @@ from cxr_tf.errors import CXRConfigError
 from cxr_tf.training.inputs import train_pipeline  # noqa: F401  (experiments call common.train_pipeline)
 
 
-def log(msg: str) -> None:
-    print(f"[cxr_tf] {msg}", flush=True)
+logger = logging.getLogger("cxr_tf.experiments")
+#: The experiments' shorthand for an INFO line (``[cxr_tf] ...``, cxr_tf.log).
+log = logger.info
 
 
 def setup_runtime(cfg):
-    """Seeds, determinism and the distribution strategy (before any other TF op)."""
+    """Seeds, determinism, the dtype policy and the distribution strategy (before any other TF op)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from cxr_tf.training.precision import set_precision
     from cxr_tf.training.strategy import make_strategy
 
     strategy = make_strategy(cfg.strategy, cfg.cpu_devices)
@@ -38,6 +41,7 @@ def setup_runtime(cfg):
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
+    set_precision(getattr(cfg, "precision", "float32"))  # every run sets it: none leaks into the next
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     return strategy
@@ -176,15 +180,9 @@ def load_experiment_data(cfg, classes: str = "3class") -> CXRDataset:
         log(f"data: {cfg.data_dir} read as {fmt} ({how}): {describe_format(cfg.data_dir, fmt)}")
         ds = load_dataset(cfg.data_dir, fmt, **kwargs)
         patients_from = getattr(ds, "patients_from", "")
-        if fmt == "folder":  # no user-given patient ids: DICOMs group by PatientID, pseudonymized
-            from cxr_tf.privacy import pseudonymize_dicom_patients
-
-            listed_skipped = getattr(ds, "skipped", [])
-            ds, n = pseudonymize_dicom_patients(ds)
-            ds.skipped = listed_skipped
-            if n:
-                log(f"patient ids of {n} DICOM files from their PatientID tag (salted hash, cxr_tf.privacy)")
-                patients_from += f"; {n} DICOM files grouped by their PatientID tag"
+        n = getattr(ds, "pseudonymized", 0)  # the folder loader grouped DICOMs by their PatientID tag
+        if n:
+            log(f"patient ids of {n} DICOM files from their PatientID tag (salted hash, cxr_tf.datasets.privacy)")
         log(f"patients: {patients_from or 'from the source'}; {ds.meta['patient_id'].nunique()} patients, "
             f"{len(ds)} images, classes {ds.class_names}")
     else:
@@ -257,7 +255,8 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = Tr
     cw = class_weights(train_ds) if cfg.balance == "class_weight" else None
     t = time.time()
     hist = model.fit(train_data, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
-                     callbacks=cbs, class_weight=cw, shuffle=False, verbose=2)
+                     callbacks=cbs, class_weight=cw, shuffle=False,
+                     verbose=2 if logger.isEnabledFor(logging.INFO) else 0)  # --quiet: no epoch lines
     # The whole run's per-epoch log, including epochs done before a restart.
     history = resume.read_history_csv(run / "history.csv") or hist.history
     return history, time.time() - t

@@ -253,7 +253,7 @@ def run(cfg: DeepCovidConfig) -> dict:
         f_test = feat_model.predict(arrays["test"][0], batch_size=64, verbose=0)
         feat_s = time.time() - t
         inp = keras.Input((f_train.shape[1],))
-        head = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="predictions")(inp))
+        head = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="predictions", dtype="float32")(inp))
         head.compile(keras.optimizers.Adam(cfg.lr), "categorical_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
         best = {"auc": -1.0, "weights": None, "epoch": 0}
 

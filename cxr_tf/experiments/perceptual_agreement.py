@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -64,6 +65,8 @@ class PerceptualAgreementConfig:
     seed: int = opt(0, "seed for every draw")
     runs_dir: str = opt("runs", "parent folder of run folders")
     smoke: bool = opt(False, "shrink everything for a quick test run (explicit flags still win)")
+    quiet: bool = opt(False, "print warnings and errors only")
+    verbose: bool = opt(False, "print debugging messages too")
 
     def apply_smoke(self) -> None:
         self.n_boot = 50
@@ -81,8 +84,8 @@ class PerceptualAgreementConfig:
         return dataclasses.asdict(self)
 
 
-def log(msg):
-    print(f"[perceptual_agreement] {msg}", flush=True)
+#: INFO lines through the experiments' logger (``[cxr_tf] ...``, cxr_tf.log).
+log = logging.getLogger("cxr_tf.experiments").info
 
 
 PROXY_NOTE = ("PROXY RATER, NOT HUMAN JUDGMENTS: a simulated 'severity oracle' panel ({r} raters, each perceiving a "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -74,6 +75,8 @@ class PerceptualTestsetConfig:
     seed: int = opt(0, "seed for every draw")
     synthetic_n: int = opt(400, "synthetic images (without --data-dir)")
     smoke: bool = opt(False, "shrink everything for a quick test run (explicit flags still win)")
+    quiet: bool = opt(False, "print warnings and errors only")
+    verbose: bool = opt(False, "print debugging messages too")
 
     def apply_smoke(self) -> None:
         self.image_size = 32
@@ -93,8 +96,8 @@ class PerceptualTestsetConfig:
         return dataclasses.asdict(self)
 
 
-def log(msg):
-    print(f"[perceptual_testset] {msg}", flush=True)
+#: INFO lines through the experiments' logger (``[cxr_tf] ...``, cxr_tf.log).
+log = logging.getLogger("cxr_tf.experiments").info
 
 
 def item_seed(seed: int, kind: str, subset: str, i: int) -> int:

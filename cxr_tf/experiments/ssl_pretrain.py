@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf.training.config import TrainConfig, opt, parse_config
+from cxr_tf.training.precision import jit_compile_arg
 
 #: Sources ``--sources auto`` takes from $CXR_DATA_DIR when present. kermany224 (a
 #: downstream set) contributes only its training patients. PneumoniaMNIST is a re-split
@@ -306,7 +307,8 @@ def run(cfg: SSLPretrainConfig) -> dict:
     with strategy.scope():
         model = UNetCBAM(cfg.image_size, 1, cfg.depth, cfg.width, cfg.use_cbam, cfg.cbam_ratio)
         model.compile(optimizer=make_optimizer(cfg.optimizer_config(), steps, cfg.epochs),
-                      loss=RestorationLoss(cfg.loss), metrics=_metric_fns())
+                      loss=RestorationLoss(cfg.loss), metrics=_metric_fns(),
+                      jit_compile=jit_compile_arg(cfg.jit_compile))
     params = int(sum(np.prod(w.shape) for w in model.weights))
     common.log(f"{model.name}: {params:,} parameters, {n_train} train / {n_val} val images, {steps} steps/epoch")
 

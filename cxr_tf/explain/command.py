@@ -15,11 +15,14 @@ warning for a map that is all zero, constant, or the same for every image.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from cxr_tf.errors import CXRConfigError
+
+logger = logging.getLogger("cxr_tf.explain")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,11 +60,11 @@ def run(a) -> list[Path]:
     else:
         target = decided
     ex = Explainer(model, a.method, layer=a.layer, max_n=a.max_n or None)
-    print(f"[cxr_tf] {ex.layer_reason}")
+    logger.info(ex.layer_reason)
     cams = ex(x, target)
     warnings = map_warnings(cams, [display_name(p) for p in a.images])
     for w in warnings:
-        print(f"[cxr_tf] warning: {w}")
+        logger.warning(f"warning: {w}")
     written, rows = [], []
     for i, path in enumerate(a.images):
         stem = f"{Path(path).stem}_{a.method.replace('+', 'p')}"
@@ -82,5 +85,5 @@ def run(a) -> list[Path]:
     # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes
     # (cxr_tf.io.CSV_ENCODING) instead of crashing after the CAMs were computed.
     pd.DataFrame(rows).to_csv(out / "explanations.csv", index=False, encoding="utf-8", errors="surrogateescape")
-    print(f"[cxr_tf] {a.method} on layer {ex.layer}: wrote {len(written)} PNGs and {out / 'explanations.csv'}")
+    logger.info(f"{a.method} on layer {ex.layer}: wrote {len(written)} PNGs and {out / 'explanations.csv'}")
     return written

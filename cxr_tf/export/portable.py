@@ -28,6 +28,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -43,6 +44,8 @@ from cxr_tf.errors import (
     CXRModelError,
     CXRQuantizationError,
 )
+
+logger = logging.getLogger("cxr_tf.export")
 
 FORMATS = ("savedmodel", "onnx", "tflite")
 QUANTIZE_MODES = {"savedmodel": ("none",), "onnx": ("none", "dynamic", "int8"),
@@ -257,7 +260,7 @@ def _portable_module(model, image_size: int):
     import tensorflow as tf
 
     from cxr_tf.data.preprocess import CHANNELS
-    from cxr_tf.export.savedmodel import _tf_variable
+    from cxr_tf.export.savedmodel.write import _tf_variable
 
     spec = tf.TensorSpec([None, image_size, image_size, CHANNELS], tf.float32, name=INPUT_NAME)
 
@@ -656,7 +659,7 @@ def model_card(info: dict) -> str:
 
 
 def _cxr_tf_version() -> str:
-    from cxr_tf.export.savedmodel import _cxr_tf_version as v
+    from cxr_tf.export.savedmodel.write import _cxr_tf_version as v
 
     return v()
 
@@ -701,10 +704,10 @@ def run(a) -> PortableExport:
                        overwrite=a.overwrite, opset=a.opset, train_data=train, heldout_data=heldout,
                        max_drop=a.max_drop)
     ho = res.metadata["heldout"]
-    print(f"[cxr_tf] wrote {res.path} ({res.metadata['bytes']:,} bytes); verified on "
-          f"{res.metadata['verification']['images']} held-out images (max diff "
-          f"{res.metadata['verification']['max_abs_diff_vs_keras']:.2g}); held-out accuracy "
-          f"{ho['export']['accuracy']:.4f} vs Keras {ho['keras']['accuracy']:.4f}; card {res.model_card_path}")
+    logger.info(f"wrote {res.path} ({res.metadata['bytes']:,} bytes); verified on "
+                f"{res.metadata['verification']['images']} held-out images (max diff "
+                f"{res.metadata['verification']['max_abs_diff_vs_keras']:.2g}); held-out accuracy "
+                f"{ho['export']['accuracy']:.4f} vs Keras {ho['keras']['accuracy']:.4f}; card {res.model_card_path}")
     return res
 
 

@@ -32,6 +32,7 @@ Security model
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import secrets
 from datetime import timedelta
@@ -41,6 +42,8 @@ from cxr_tf.errors import CXRConfigError
 
 from .db import AnswerConflict, JudgeDBError, JudgmentStore, RaterInfo
 from .service import ItemNotFound, NotCurrentItem, RatingService
+
+logger = logging.getLogger("cxr_tf.judge")
 
 try:
     import flask
@@ -247,7 +250,7 @@ def serve(testset_dir: str, db: str, host: str = "127.0.0.1", port: int = 8765, 
         raise CXRConfigError("serving needs waitress: pip install 'cxr_tf[judge]'") from e
     app = create_app(testset_dir, db, secure_cookies=secure_cookies)
     if host not in ("127.0.0.1", "localhost", "::1") and not secure_cookies:
-        print("[cxr_tf] warning: serving beyond localhost over plain HTTP exposes tokens; put it behind HTTPS "
-              "and pass --secure-cookies", flush=True)
-    print(f"[cxr_tf] rater app on http://{host}:{port}/ ({app.extensions['cxr_judge'].total} items)", flush=True)
+        logger.warning("warning: serving beyond localhost over plain HTTP exposes tokens; put it behind HTTPS "
+                       "and pass --secure-cookies")
+    logger.info(f"rater app on http://{host}:{port}/ ({app.extensions['cxr_judge'].total} items)")
     waitress.serve(app, host=host, port=port, threads=threads)

@@ -13,9 +13,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from cxr_tf.errors import CXRConfigError
+
+logger = logging.getLogger("cxr_tf.judge")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,10 +80,10 @@ def run(a: argparse.Namespace) -> int:
             from .export import export_judgments
 
             s = export_judgments(a.testset, store, a.csv, a.require_complete)
-            print(f"[cxr_tf] {s.judgments} judgments -> {s.written} judgment files, raw CSV {s.csv_path}")
+            logger.info(f"{s.judgments} judgments -> {s.written} judgment files, raw CSV {s.csv_path}")
             if s.unjudged:
-                print(f"[cxr_tf] warning: {s.unjudged} item(s) have no judgment yet and got no .npy "
-                      "(the original LPIPS loaders need every item judged)")
+                logger.warning(f"warning: {s.unjudged} item(s) have no judgment yet and got no .npy "
+                               "(the original LPIPS loaders need every item judged)")
     finally:
         store.close()
     return 0

@@ -9,6 +9,9 @@ from cxr_tf.models.registry import (
     register_backbone_family,
 )
 
+# The built-in backbone families register themselves into the registry on import.
+from cxr_tf.models import applications, resnet18, squeezenet, tiny, unet_cbam, vit  # noqa: E402,F401  isort: skip
+
 
 def build_model(backbone: str = "resnet50", **kwargs) -> CXRClassifier:
     """Build a registered classifier by backbone name (see :class:`CXRClassifier`).

@@ -107,8 +107,10 @@ class CXRClassifier(keras.Model):
             x = keras.layers.Dense(units, activation="relu", name=f"head_fc{i}")(x)
         if dropout:
             x = keras.layers.Dropout(dropout, name="head_dropout_out")(x)
+        # float32 under a mixed policy too (cxr_tf.training.precision): float16 softmax /
+        # sigmoid saturate and round probabilities to 2^-11, and the loss reads them.
         outputs = keras.layers.Dense(
-            num_classes, activation="sigmoid" if multilabel else "softmax", name="predictions"
+            num_classes, activation="sigmoid" if multilabel else "softmax", name="predictions", dtype="float32"
         )(x)
         super().__init__(inputs=inputs, outputs=outputs, **{"name": f"cxr_{backbone}", **kwargs})
 

@@ -4,6 +4,11 @@ A backbone builder takes a symbolic input tensor (already adapted by
 :class:`~cxr_tf.layers.BackboneInput`) and a weights spec and returns the feature
 tensor. Builders are registered with :func:`register_backbone`; every classifier,
 experiment and explainer finds backbones here by name.
+
+The registry is a leaf: it imports no backbone. Each family module registers itself
+when imported, and :mod:`cxr_tf.models` imports the built-in families, so importing
+anything from ``cxr_tf.models`` (this module included: the package runs first) makes
+them available. A plug-in registers the same way, from its own module.
 """
 from __future__ import annotations
 
@@ -53,7 +58,6 @@ def register_backbone_family(pattern: str, factory: Callable[[str], "BackboneSpe
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    _ensure_loaded()
     if name not in _BACKBONES:
         for factory in _FAMILIES.values():
             spec = factory(name)
@@ -65,10 +69,4 @@ def get_backbone(name: str) -> BackboneSpec:
 
 
 def list_backbones() -> list[str]:
-    _ensure_loaded()
     return sorted(_BACKBONES)
-
-
-def _ensure_loaded() -> None:
-    # Families register themselves on import; importing here avoids a cycle.
-    from cxr_tf.models import applications, resnet18, squeezenet, tiny, unet_cbam, vit  # noqa: F401

@@ -175,7 +175,8 @@ class UNetCBAM(keras.Model):
             x = _conv_block(x, f, f"dec{i}", [])
             if use_cbam:
                 x = cbam_block(x, f"cbam_dec{i}", cbam_ratio)
-        outputs = keras.layers.Conv2D(channels, 1, activation="sigmoid", name="restored")(x)
+        # float32 under a --precision mixed_* policy: the restoration losses (SSIM, MSE) read it
+        outputs = keras.layers.Conv2D(channels, 1, activation="sigmoid", name="restored", dtype="float32")(x)
         super().__init__(inputs=inputs, outputs=outputs, **{"name": f"unet_cbam_d{depth}w{width}", **kwargs})
         # === Config ===
         self.image_size = image_size

@@ -22,6 +22,10 @@ def opt(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+#: ``--precision`` values: Keras dtype policies (cxr_tf.training.precision).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
 @dataclasses.dataclass
 class OptimizerConfig:
     """Optimizer and learning-rate schedule.
@@ -36,6 +40,7 @@ class OptimizerConfig:
     schedule: str = "constant"  # constant | exponential | cosine
     decay_rate: float = 0.9  # exponential: lr * decay_rate ** epoch
     warmup_epochs: int = 0  # cosine
+    jit_compile: bool | None = None  # XLA for model.compile: None = Keras' "auto"
 
 
 @dataclasses.dataclass
@@ -67,6 +72,11 @@ class TrainConfig:
     strategy: str = opt("auto", "distribution: auto | default | mirrored | multi_worker (TF_CONFIG)")
     cpu_devices: int = opt(0, ">1: MirroredStrategy over this many logical CPU devices (testing)")
     deterministic: bool = opt(False, "bit-reproducible TF ops (slower)")
+    precision: str = opt("float32", "Keras dtype policy: float32 | mixed_float16 (GPUs with tensor cores; loss "
+                                    "scaling added) | mixed_bfloat16 (TPUs, recent GPUs and CPUs); outputs, "
+                                    "loss and the export stay float32")
+    jit_compile: bool | None = opt(None, "XLA-compile the train/predict steps: true | false (default: Keras' "
+                                         "auto, XLA where every layer supports it and a GPU is present)")
     on_error: str = opt("raise", "unreadable image files: raise (stop) | skip (listed in skipped.csv)")
     calibrate: bool = opt(True, "fit temperature scaling on the validation split; exports serve calibrated "
                                 "probabilities (ECE before/after in calibration.json)")
@@ -80,11 +90,14 @@ class TrainConfig:
     resume: bool = opt(False, "resume the newest unfinished run of this experiment with the same config")
     cache_dir: str | None = opt(None, "folder for decoded DICOM caches (default: ~/.cache/cxr_tf/decoded)")
     smoke: bool = opt(False, "shrink everything for a quick test run (explicit flags still win)")
+    quiet: bool = opt(False, "print warnings and errors only (no progress lines, no Keras epoch lines)")
+    verbose: bool = opt(False, "print debugging messages too")
 
     def optimizer_config(self) -> OptimizerConfig:
         return OptimizerConfig(
             optimizer=self.optimizer, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
             schedule=self.schedule, decay_rate=self.decay_rate, warmup_epochs=self.warmup_epochs,
+            jit_compile=self.jit_compile,
         )
 
     def apply_smoke(self) -> None:
@@ -101,6 +114,7 @@ class TrainConfig:
             "schedule": ("constant", "exponential", "cosine"),
             "strategy": ("auto", "default", "mirrored", "multi_worker"),
             "on_error": ("raise", "skip"),
+            "precision": PRECISIONS,
         }
         for field, allowed in checks.items():
             if getattr(self, field) not in allowed:
@@ -185,4 +199,8 @@ def parse_config(cls, argv: Sequence[str] | None = None, description: str | None
         for k in explicit:
             setattr(cfg, k, getattr(args, k))
     cfg.validate()
+    if hasattr(cfg, "quiet"):  # --quiet / --verbose: the cxr_tf loggers' level (cxr_tf.log)
+        from cxr_tf.log import set_verbosity
+
+        set_verbosity(cfg.quiet, cfg.verbose)
     return cfg

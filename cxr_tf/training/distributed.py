@@ -32,7 +32,7 @@ every worker to call the ``tf.train`` checkpoint save; the others save into a te
 folder deleted at the end. Non-chief workers keep their config, split and history in
 ``<run-dir>/.workers/<task>/`` and stop after training (no evaluation, no export).
 Every worker must build the same dataset and split: same data, same ``--seed``, and,
-for DICOM folders (patients from the PatientID tag, :mod:`cxr_tf.privacy`), the same
+for DICOM folders (patients from the PatientID tag, :mod:`cxr_tf.datasets.privacy`), the same
 ``CXR_TF_PATIENT_SALT``.
 
 Running on a multi-host GPU cluster
@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import time
@@ -74,6 +75,8 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf.errors import CXRConfigError
+
+logger = logging.getLogger("cxr_tf.training")
 
 
 # --------------------------------------------------------------------------- cluster
@@ -244,7 +247,7 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
     history = _History(run / "history.csv", True)
     truncate_history_csv(run / "history.csv", start)
     if restored:
-        print(f"[cxr_tf] resuming {chief_run}: {start} of {cfg.epochs} epochs done ({restored})", flush=True)
+        logger.info("resuming %s: %s of %s epochs done (%s)", chief_run, start, cfg.epochs, restored)
 
     # ---- input: every worker slices its part out of the same global batches
     base = train.dataset.skip(start * steps) if start else train.dataset
@@ -320,8 +323,8 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
                 else:
                     logs["val_accuracy"] = float(np.mean(prob.argmax(1) == y_val.argmax(1)))
                 logs["val_auc"] = _auc(y_val, prob, model.multilabel)
-            print(f"[cxr_tf] epoch {epoch + 1}/{cfg.epochs} ({n_rep} replicas): "
-                  + " - ".join(f"{k}: {v:.4f}" for k, v in sorted(logs.items())), flush=True)
+            logger.info(f"epoch {epoch + 1}/{cfg.epochs} ({n_rep} replicas): "
+                        + " - ".join(f"{k}: {v:.4f}" for k, v in sorted(logs.items())))
 
             # best checkpoint (chief) and early stopping: the same decisions on every worker
             current = logs.get("val_auc", float("nan"))
@@ -344,7 +347,7 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
             epoch_var.assign(epoch + 1)
             manager.save(checkpoint_number=epoch + 1)  # the commit point of this epoch
             if stop:
-                print(f"[cxr_tf] early stopping after epoch {epoch + 1}", flush=True)
+                logger.info("early stopping after epoch %d", epoch + 1)
                 break
     finally:
         for layer in synced:

@@ -6,6 +6,7 @@ import numpy as np
 
 from cxr_tf.errors import CXRConfigError
 from cxr_tf.training.config import OptimizerConfig
+from cxr_tf.training.precision import jit_compile_arg
 
 
 def make_schedule(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int):
@@ -40,14 +41,20 @@ def make_optimizer(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> k
 
 def compile_classifier(model: keras.Model, opt_cfg: OptimizerConfig, steps_per_epoch: int, epochs: int,
                        label_smoothing: float = 0.0, multilabel: bool = False) -> None:
-    """Cross-entropy, accuracy and AUC (``auc``: what checkpoints and early stopping watch)."""
+    """Cross-entropy, accuracy and AUC (``auc``: what checkpoints and early stopping watch).
+
+    ``opt_cfg.jit_compile`` (``--jit-compile``) goes to ``model.compile``; a model built
+    under the ``mixed_float16`` policy gets Keras' ``LossScaleOptimizer`` there
+    (:mod:`cxr_tf.training.precision`), and the loss computes in float32.
+    """
     if multilabel:
         loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc", multi_label=True)]
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
-    model.compile(optimizer=make_optimizer(opt_cfg, steps_per_epoch, epochs), loss=loss, metrics=metrics)
+    model.compile(optimizer=make_optimizer(opt_cfg, steps_per_epoch, epochs), loss=loss, metrics=metrics,
+                  jit_compile=jit_compile_arg(opt_cfg.jit_compile))
 
 
 def predict(model: keras.Model, dataset) -> np.ndarray:

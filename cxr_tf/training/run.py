@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import sys
@@ -20,8 +21,10 @@ from pathlib import Path
 
 from cxr_tf.errors import FAILURE_HOOKS, CXRConfigError
 
+logger = logging.getLogger("cxr_tf.training")
+
 # Config fields that do not change what is computed, so a resumed run may differ in them.
-_RESUME_IGNORED = {"resume", "run_dir", "runs_dir", "on_error", "cache_dir"}
+_RESUME_IGNORED = {"resume", "run_dir", "runs_dir", "on_error", "cache_dir", "quiet", "verbose"}
 
 
 class RunDir:
@@ -165,8 +168,7 @@ def discard_untrained_runs() -> list[Path]:
             except OSError:
                 pass
     if removed:
-        print(f"[cxr_tf] nothing was trained: removed the run folder {', '.join(map(str, removed))}",
-              file=sys.stderr, flush=True)
+        logger.warning("nothing was trained: removed the run folder %s", ", ".join(map(str, removed)))
     return removed
 
 

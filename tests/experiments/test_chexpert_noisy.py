@@ -132,7 +132,7 @@ def test_cli_lsr_default_and_per_label_blank():
 
 # ------------------------------------------------------------------ hierarchy + relabelling
 def test_relabel_uses_conditional_outputs_for_children():
-    from cxr_tf.training.noisy import hierarchical_probabilities, relabel
+    from cxr_tf.noisy.methods import hierarchical_probabilities, relabel
 
     names = ["Lung Opacity", "Edema", "Fracture"]
     hier = {"Edema": "Lung Opacity"}
@@ -162,7 +162,7 @@ def test_relabel_uses_conditional_outputs_for_children():
 
 def test_train_method_relabels_children_with_conditional_outputs(monkeypatch):
     """train_method with hierarchy + relabel hands relabel the raw outputs for the children."""
-    import cxr_tf.training.noisy as noisy
+    import cxr_tf.noisy.methods as noisy
 
     calls = {}
     real_relabel = noisy.relabel

@@ -15,7 +15,6 @@ def test_model_list_includes_ssl_encoder_only_when_registered(monkeypatch):
     from cxr_tf.models import registry
 
     cfg = cmp.CovidCompareConfig(models="")
-    registry._ensure_loaded()
     monkeypatch.delitem(registry._BACKBONES, cmp.SSL_BACKBONE, raising=False)
     assert cmp.model_list(cfg) == list(cmp.ZOO)
     fake = registry.BackboneSpec(name=cmp.SSL_BACKBONE, build=lambda x, w=None: (x, []))

@@ -26,7 +26,8 @@ from cxr_tf.export import (  # noqa: E402
     serving_readme,
     write_models_config,
 )
-from cxr_tf.export.savedmodel import _dir_bytes, bytes_literal  # noqa: E402
+from cxr_tf.export.savedmodel.tools import bytes_literal  # noqa: E402
+from cxr_tf.export.savedmodel.write import _dir_bytes  # noqa: E402
 
 S = 32
 CLASSES = ["normal", "pneumonia", "covid"]

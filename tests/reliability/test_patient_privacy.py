@@ -1,4 +1,4 @@
-"""Nothing identifying a patient leaves the input files (cxr_tf.privacy).
+"""Nothing identifying a patient leaves the input files (cxr_tf.datasets.privacy).
 
 A folder-per-class DICOM dataset whose headers carry planted identifiers is trained
 on, evaluated and exported by the real entry point; every file written (run folder,
@@ -59,7 +59,7 @@ def dicom_folder(tmp_path):
 
 def test_planted_identifiers_never_leave_the_dicoms(dicom_folder, tmp_path, monkeypatch, capfd):
     from cxr_tf.experiments import pneumonia_freeze
-    from cxr_tf.privacy import find_identifiers, pseudonymize
+    from cxr_tf.datasets.privacy import find_identifiers, pseudonymize
 
     root, truth, n_patients = dicom_folder
     monkeypatch.setenv("CXR_TF_PATIENT_SALT", SALT)
@@ -96,7 +96,7 @@ def test_planted_identifiers_never_leave_the_dicoms(dicom_folder, tmp_path, monk
 
 
 def test_pseudonyms_are_salted_and_the_salt_is_a_private_file(tmp_path, monkeypatch):
-    from cxr_tf.privacy import dicom_patient_pseudonym, patient_salt, pseudonymize
+    from cxr_tf.datasets.privacy import dicom_patient_pseudonym, patient_salt, pseudonymize
 
     monkeypatch.delenv("CXR_TF_PATIENT_SALT", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
@@ -115,7 +115,7 @@ def test_pseudonyms_are_salted_and_the_salt_is_a_private_file(tmp_path, monkeypa
 
 
 def test_find_identifiers_sees_utf16_and_chunk_borders(tmp_path):
-    from cxr_tf.privacy import find_identifiers
+    from cxr_tf.datasets.privacy import find_identifiers
 
     (tmp_path / "a.bin").write_bytes(b"x" * 10 + "Zaphod".encode("utf-16-le") + b"y")
     (tmp_path / "b.bin").write_bytes(b"x" * 5 + b"Beeblebrox" + b"y" * 5)
@@ -123,3 +123,18 @@ def test_find_identifiers_sees_utf16_and_chunk_borders(tmp_path):
     hits = find_identifiers([tmp_path], ["Zaphod", "Beeblebrox"], chunk=8)  # needles straddle chunks
     assert sorted((h[0].rsplit("/", 1)[1], h[1], h[2]) for h in hits) == [
         ("a.bin", "Zaphod", "utf-16-le"), ("b.bin", "Beeblebrox", "utf-8")]
+
+
+def test_folder_loader_itself_pseudonymizes(dicom_folder, monkeypatch):
+    """Every reader of a folder gets the grouping (cxr-tf evaluate and perceptual_testset
+    load folders through load_dataset, not through the experiments' data step)."""
+    from cxr_tf.datasets import load_dataset
+    from cxr_tf.datasets.privacy import pseudonymize
+
+    root, truth, n_patients = dicom_folder
+    monkeypatch.setenv("CXR_TF_PATIENT_SALT", SALT)
+    ds = load_dataset(str(root), "folder")
+    assert ds.pseudonymized == len(truth) and "grouped by their PatientID tag" in ds.patients_from
+    got = dict(zip(map(str, ds.items), ds.meta["patient_id"]))
+    assert got == {p: pseudonymize(raw, SALT.encode()) for p, raw in truth.items()}
+    assert ds.meta["patient_id"].nunique() == n_patients and ds.skipped == []

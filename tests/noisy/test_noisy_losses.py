@@ -3,12 +3,12 @@ import pytest
 import tensorflow as tf
 
 from cxr_tf.errors import CXRConfigError
-from cxr_tf.training.losses import MaskedBinaryCrossentropy, MentorNetBinaryCrossentropy
-from cxr_tf.training.noisy import (
+from cxr_tf.noisy.losses import MaskedBinaryCrossentropy, MentorNetBinaryCrossentropy
+from cxr_tf.noisy.methods import (
     CHEXPERT_HIERARCHY, conditional_weights, derive_parent_labels, freeze_all_but, hierarchical_probabilities,
     make_masked_mixup, relabel, restrict_hierarchy,
 )
-from cxr_tf.training.uncertainty import pack
+from cxr_tf.noisy.uncertainty import pack
 
 
 def _grad(loss, t, w, p):

@@ -1,7 +1,7 @@
 """Masked multi-label losses for noisy CXR labels (keras.ops, any backend).
 
 ``y_true`` is the packed ``[targets, weights]`` matrix ``(N, 2L)`` of
-:func:`cxr_tf.training.uncertainty.pack`: a weight of 0 removes an entry (its
+:func:`cxr_tf.noisy.uncertainty.pack`: a weight of 0 removes an entry (its
 gradient is exactly zero), fractional weights down-weight it. Keras' own
 ``BinaryCrossentropy`` takes one weight per sample, not per entry, hence these.
 """

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from cxr_tf.errors import CXRConfigError
-from cxr_tf.training.uncertainty import (
+from cxr_tf.noisy.uncertainty import (
     UncertaintyPolicy, pack, parse_blank, parse_blank_weight, parse_policy, unpack,
 )
 

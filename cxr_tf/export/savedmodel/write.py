@@ -1,24 +1,6 @@
-"""Export a cxr_tf classifier as a TF Serving SavedModel, and load it back.
+"""Write a cxr_tf classifier as a TF Serving SavedModel (:func:`export_for_serving`).
 
-Layout written: ``base_dir/<name>/<version>/`` with ``saved_model.pb``,
-``variables/`` and ``assets.extra/`` (``cxr_tf_metadata.json`` and
-``tf_serving_warmup_requests``), which is what ``tensorflow_model_server`` polls.
-
-Why ``tf.saved_model.save`` on a ``tf.Module`` rather than Keras' ``model.export``:
-Keras 3's exporter (and ``keras.export.ExportArchive``) stores every variable twice,
-doubling the artefact; a module that merely holds the Keras model stores each once
-(FACTS.md, Export).
-
-Preprocessing runs inside the graph through :func:`cxr_tf.data.preprocess.prepare_image`
-and :func:`~cxr_tf.data.preprocess.prepare_float_batch`, the same functions used in
-training and evaluation, so a served prediction equals the offline one.
-
-The served ``decision`` / ``class_index`` apply the exported operating point, the same
-rule as the run's report and ``cxr-tf evaluate`` (:func:`decision_rule`): a TF Serving
-client gets the decision the metrics describe, with the raw ``probabilities`` alongside.
-The metadata also stores the Keras config of the model (``keras_model``), so
-:meth:`ExportedModel.keras_model` rebuilds the Keras model on the exported variables
-(for CAMs) from any working directory, with no file outside the export.
+See :mod:`cxr_tf.export.savedmodel` for the layout and the design.
 """
 from __future__ import annotations
 
@@ -26,10 +8,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Sequence
@@ -38,24 +17,25 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf.data.preprocess import CHANNELS, prepare_float_batch, prepare_image
-from cxr_tf.errors import CXRConfigError, CXRImageError, CXRInputError, CXRModelError
+from cxr_tf.errors import CXRConfigError, CXRImageError, CXRModelError
+from cxr_tf.export.savedmodel.layout import (
+    _NAME_RE,
+    BYTES_INPUT,
+    IMAGES_INPUT,
+    IMAGES_SIGNATURE,
+    MAX_SIZE_RATIO,
+    METADATA_FILE,
+    SERVING_SIGNATURE,
+    WARMUP_FILE,
+    _decide,
+    _thresholds_for,
+    float32_policy,
+)
 from cxr_tf.export.serving_protos import make_predict_log
 
-METADATA_FILE = "cxr_tf_metadata.json"
-WARMUP_FILE = "tf_serving_warmup_requests"
-SERVING_SIGNATURE = "serving_default"
-IMAGES_SIGNATURE = "predict_images"
-#: Input key of the bytes signature. TF Serving's REST API only base64-decodes
-#: ``{"b64": ...}`` values for inputs whose name ends in ``_bytes``.
-BYTES_INPUT = "image_bytes"
-IMAGES_INPUT = "images"
-#: Largest accepted ``variables/`` size relative to the ``.weights.h5`` file.
-MAX_SIZE_RATIO = 1.1
 #: Below this weights size the fixed per-file overheads of HDF5 and of the
 #: checkpoint dominate, so the ratio says nothing about duplicated variables.
 _RATIO_MIN_BYTES = 256 * 1024
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,51 +154,6 @@ class _ServingModule(tf.Module):
         return self._outputs(prepare_float_batch(images, self._image_size))
 
 
-# --------------------------------------------------------------------------- decision rule
-def _decide(probs, thresholds):
-    """The exported decision as TF ops (see :func:`decision_rule`)."""
-    if thresholds is None:
-        return tf.argmax(probs, axis=-1, output_type=tf.int64)
-    t = tf.constant(thresholds, tf.float32)
-    if t.shape.rank == 0:  # binary: P(class 1) >= threshold, exactly evaluate's rule
-        return tf.cast(probs[:, 1] >= t, tf.int64)
-    passed = probs >= t
-    # the most probable class among those over their threshold; argmax when none is
-    masked = tf.where(passed, probs, tf.fill(tf.shape(probs), -1.0))
-    return tf.where(tf.reduce_any(passed, axis=-1), tf.argmax(masked, axis=-1, output_type=tf.int64),
-                    tf.argmax(probs, axis=-1, output_type=tf.int64))
-
-
-def decision_rule(probs, threshold=None, class_thresholds=None) -> np.ndarray:
-    """Class indices by the exported operating point, as the served graph decides.
-
-    Binary with ``threshold``: class 1 when ``P(class 1) >= threshold`` (the rule of
-    :func:`cxr_tf.evaluation.classification_metrics`). Multi-class with
-    ``class_thresholds`` (one per class): the most probable class among those at or
-    above their threshold, argmax when none is. Otherwise argmax.
-    """
-    probs = np.asarray(probs, np.float32)
-    t = _thresholds_for(probs.shape[1], threshold, class_thresholds)
-    return _decide(tf.constant(probs), t).numpy()
-
-
-def _thresholds_for(n_classes, threshold, class_thresholds, multilabel=False):
-    """The operating point as the graph stores it: a scalar (binary), a vector, or None."""
-    if class_thresholds is not None:
-        ct = np.asarray(class_thresholds, np.float32)
-        if ct.shape != (n_classes,):
-            raise CXRConfigError(f"class_thresholds needs one value per class ({n_classes}); got {list(ct)}")
-        return ct
-    if threshold is None:
-        return None
-    if multilabel:
-        return np.full(n_classes, float(threshold), np.float32)
-    if n_classes != 2:
-        raise CXRConfigError(f"threshold applies to binary models; this one has {n_classes} classes "
-                             "(give class_thresholds, one per class)")
-    return np.float32(threshold)
-
-
 _MACHINE_PATH_KEYS = ("data_dir", "weights", "run_dir", "runs_dir", "cache_dir", "saved_models_dir", "splits",
                       "trunk", "init", "path")
 
@@ -260,6 +195,45 @@ def _keras_config(model) -> dict | None:
         return cfg
     except Exception:  # a model without get_config: exports still serve, explain needs a .keras
         return None
+
+
+def _mixed_layers(model) -> list[str]:
+    return [l.name for l in model._flatten_layers(include_self=False)
+            if getattr(l, "compute_dtype", "float32") != "float32"]
+
+
+def float32_model(model):
+    """``model`` itself when it computes in float32, else a float32 copy with the same weights.
+
+    Why the export never serves a mixed-precision graph (``--precision mixed_*``): a SavedModel
+    traced from a mixed model runs its convolutions in float16/bfloat16 wherever it is served,
+    and TF Serving and TFLite on CPUs emulate those slowly or not at all; its probabilities then
+    depend on the serving hardware's 16-bit kernels. Mixed precision is a training speed-up:
+    the variables are float32 (the policy's variable dtype), so the float32 copy holds exactly
+    the trained weights and serves what the model computes in full precision. It differs from
+    the mixed model's own predictions only by the 16-bit rounding of the activations
+    (tests/training/test_precision.py measures the bound).
+    """
+    import keras
+
+    if not _mixed_layers(model):
+        return model
+    with float32_policy():
+        if not type(model).__module__.startswith("keras."):
+            # A model class that rebuilds itself from its own config (CXRClassifier): its
+            # layers take the global policy when they are built.
+            clone = type(model).from_config(model.get_config())
+        else:  # plain functional / sequential: each layer's config carries its policy
+            clone = keras.models.clone_model(
+                model, clone_function=lambda l: l.__class__.from_config({**l.get_config(), "dtype": "float32"}))
+    if len(clone.weights) != len(model.weights):
+        raise CXRModelError(f"float32 copy of {model.name} has {len(clone.weights)} weights, "
+                            f"the model {len(model.weights)}")
+    clone.set_weights(model.get_weights())
+    left = _mixed_layers(clone)
+    if left:
+        raise CXRModelError(f"cannot export {model.name} in float32: layers {left[:5]} keep a 16-bit policy")
+    return clone
 
 
 # --------------------------------------------------------------------------- helpers
@@ -384,6 +358,7 @@ def export_for_serving(
         CXRImageError: a warm-up image cannot be decoded.
     """
     name = name if name is not None else model.name
+    model = float32_model(model)  # a --precision mixed_* model serves its weights in float32
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise CXRConfigError(f"model name {name!r} must be letters, digits, '.', '_' or '-'")
     class_names = [str(c) for c in class_names]
@@ -508,329 +483,3 @@ def export_for_serving(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(path=final, version=version, sizes=sizes)
-
-
-# --------------------------------------------------------------------------- loading
-class ExportedModel:
-    """A SavedModel written by :func:`export_for_serving`, loaded for prediction.
-
-    Args:
-        path: the version directory.
-
-    Attributes:
-        class_names, image_size, multilabel, metadata (the full metadata dict),
-        threshold (binary operating point or None), class_thresholds,
-        signatures (the loaded concrete signature functions), module (the raw object).
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not (self.path / "saved_model.pb").is_file():
-            raise CXRInputError(self.path, "not a SavedModel directory (no saved_model.pb)")
-        self.module = tf.saved_model.load(str(self.path))
-        meta_file = self.path / "assets.extra" / METADATA_FILE
-        if meta_file.is_file():
-            self.metadata = json.loads(meta_file.read_text())
-        else:  # assets.extra is optional for TF Serving; the variables always travel
-            self.metadata = json.loads(self.module.metadata_json.numpy().decode())
-        self.class_names = [c.decode() for c in self.module.class_names.numpy()]
-        self.image_size = int(self.module.image_size.numpy())
-        self.multilabel = bool(self.module.multilabel.numpy())
-        self.signatures = self.module.signatures
-        # Older exports kept the threshold nested under "metadata" and served argmax.
-        nested = self.metadata.get("metadata") or {}
-        self.threshold = self.metadata.get("threshold", nested.get("threshold"))
-        self.class_thresholds = self.metadata.get("class_thresholds")
-        self.serves_decision = "decision_rule" in self.metadata
-
-    def decide(self, probabilities) -> np.ndarray:
-        """Class indices by this export's operating point (what its ``class_index`` serves)."""
-        return decision_rule(probabilities, self.threshold if len(self.class_names) == 2 else None,
-                             self.class_thresholds)
-
-    def serve_bytes(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
-        """All outputs of ``serving_default`` (probabilities, class_index, decision) for encoded images."""
-        fn = self.signatures[SERVING_SIGNATURE]
-        out = fn(**{BYTES_INPUT: tf.constant([bytes(b) for b in images], tf.string)})
-        return {k: v.numpy() for k, v in out.items()}
-
-    def serve_images(self, images) -> dict[str, np.ndarray]:
-        """All outputs of ``predict_images`` for a float batch ``(N, H, W, C)``."""
-        arr = np.asarray(images, dtype=np.float32)
-        if arr.ndim != 4:
-            raise CXRInputError(None, f"expected a batch of images (N, H, W, C); got shape {arr.shape}")
-        return {k: v.numpy() for k, v in self.signatures[IMAGES_SIGNATURE](**{IMAGES_INPUT: tf.constant(arr)}).items()}
-
-    def keras_model(self):
-        """The Keras model rebuilt from the stored config on the exported variables.
-
-        Needs no file outside the export and no working directory (the weights are the
-        SavedModel's own variables, in ``model.variables`` order).
-
-        Raises:
-            CXRModelError: an export without a stored config (older exports).
-        """
-        import keras
-
-        import cxr_tf.layers  # noqa: F401  (registers the project's serialisable classes)
-        import cxr_tf.models  # noqa: F401
-
-        cfg = self.metadata.get("keras_model")
-        if not cfg:
-            raise CXRModelError(f"{self.path}: this export stores no Keras config (exported before cxr_tf "
-                                "stored one); re-export it, or pass a .keras file")
-        model = keras.saving.deserialize_keras_object(cfg)
-        src = list(self.module.model_variables)
-        if len(src) != len(model.variables):
-            raise CXRModelError(f"{self.path}: {len(src)} exported variables for a model with "
-                                f"{len(model.variables)}")
-        for v, s in zip(model.variables, src):
-            if tuple(v.shape) != tuple(s.shape):
-                raise CXRModelError(f"{self.path}: variable {v.path} has shape {tuple(v.shape)}, "
-                                    f"exported {tuple(s.shape)}")
-            v.assign(s.numpy())
-        return model
-
-    def predict_bytes(self, images: Sequence[bytes], batch_size: int = 32) -> np.ndarray:
-        """Probabilities for encoded images through ``serving_default``.
-
-        Args:
-            images: encoded PNG/JPEG/... bytes.
-            batch_size: images per signature call.
-
-        Returns:
-            float32 ``(N, C)``.
-
-        Raises:
-            TypeError: an item is not bytes.
-            CXRImageError: an item cannot be decoded.
-        """
-        images = list(images)
-        for i, b in enumerate(images):
-            if not isinstance(b, (bytes, bytearray)):
-                raise TypeError(f"images[{i}] is {type(b).__name__}, expected encoded image bytes")
-        fn = self.signatures[SERVING_SIGNATURE]
-        out = [np.zeros((0, len(self.class_names)), np.float32)]
-        for start in range(0, len(images), batch_size):
-            chunk = tf.constant([bytes(b) for b in images[start:start + batch_size]], tf.string)
-            try:
-                out.append(fn(**{BYTES_INPUT: chunk})["probabilities"].numpy())
-            except tf.errors.InvalidArgumentError as e:
-                raise CXRImageError(
-                    None, f"cannot decode an image among items {start}..{start + len(chunk) - 1}: "
-                          f"{e.message.splitlines()[0]}") from e
-        return np.concatenate(out, axis=0)
-
-    def predict_images(self, images) -> np.ndarray:
-        """Probabilities for a float batch ``(N, H, W, C)`` through ``predict_images``.
-
-        Args:
-            images: array-like, any size, range and channel count.
-
-        Returns:
-            float32 ``(N, C)``.
-        """
-        arr = np.asarray(images, dtype=np.float32)
-        if arr.ndim != 4:
-            raise CXRInputError(None, f"expected a batch of images (N, H, W, C); got shape {arr.shape}")
-        return self.signatures[IMAGES_SIGNATURE](**{IMAGES_INPUT: tf.constant(arr)})["probabilities"].numpy()
-
-
-def load_exported(path: str | os.PathLike) -> ExportedModel:
-    """Load a SavedModel written by :func:`export_for_serving`.
-
-    Args:
-        path: the version directory (``base_dir/name/version``).
-    """
-    return ExportedModel(path)
-
-
-# --------------------------------------------------------------------------- CLI / serving docs
-def saved_model_cli_path() -> str:
-    """The ``saved_model_cli`` executable next to this Python, else the one on PATH."""
-    here = Path(sys.executable).parent / "saved_model_cli"
-    if here.is_file():
-        return str(here)
-    found = shutil.which("saved_model_cli")
-    if not found:
-        raise CXRConfigError("saved_model_cli not found (it is installed with tensorflow)")
-    return found
-
-
-def _run_cli(args: list[str], timeout: float) -> str:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([saved_model_cli_path(), *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"saved_model_cli {' '.join(args[:1])} failed ({proc.returncode}):\n"
-                           f"{proc.stderr[-4000:]}")
-    return proc.stdout
-
-
-def inspect_with_cli(path: str | os.PathLike, timeout: float = 120) -> str:
-    """Output of ``saved_model_cli show --dir PATH --all`` (signatures, dtypes, shapes).
-
-    Args:
-        path: the version directory.
-        timeout: seconds before giving up.
-    """
-    return _run_cli(["show", "--dir", str(path), "--all"], timeout)
-
-
-def describe_export(path: str | os.PathLike) -> str:
-    """A readable summary of an export: classes, image size, operating point, signatures.
-
-    ``cxr-tf inspect`` prints it (``--raw`` prints :func:`inspect_with_cli` instead).
-    """
-    m = load_exported(path)
-    meta = m.metadata
-    lines = [f"export:      {m.path}",
-             f"model:       {meta.get('model_name', m.path.parent.name)} v{meta.get('version', m.path.name)}"
-             + (f" ({meta['metadata']['experiment']})" if (meta.get("metadata") or {}).get("experiment") else ""),
-             f"classes:     {', '.join(m.class_names)}" + ("  (multi-label)" if m.multilabel else ""),
-             f"image size:  {m.image_size} x {m.image_size}, {meta.get('channels', CHANNELS)} channel(s)",
-             f"threshold:   {m.threshold if m.threshold is not None else 'none'}",
-             f"decision:    {meta.get('decision_rule') or 'argmax (older export: serves no decision output)'}"]
-    if m.class_thresholds:
-        lines.append("class thresholds: " + ", ".join(f"{c} {t:g}" for c, t in zip(m.class_names, m.class_thresholds)))
-    lines.append("signatures:")
-    for name, fn in sorted(m.signatures.items()):
-        ins, outs = (", ".join(f"{k} {v.dtype.name} {_shape(v.shape)}" for k, v in sorted(specs.items()))
-                     for specs in (fn.structured_input_signature[1], fn.structured_outputs))
-        lines.append(f"  {name}: ({ins}) -> ({outs})")
-    if meta.get("created_utc"):
-        lines.append(f"created:     {meta['created_utc']} with cxr_tf {meta.get('cxr_tf_version', '?')}, "
-                     f"TensorFlow {meta.get('tensorflow_version', '?')}")
-    return "\n".join(lines)
-
-
-def _shape(shape) -> str:
-    return "[" + ", ".join("N" if i == 0 and d is None else ("?" if d is None else str(d))
-                           for i, d in enumerate(shape.as_list())) + "]"
-
-
-def bytes_literal(data: bytes) -> str:
-    r"""``data`` as a Python bytes literal of ``\xNN`` escapes only.
-
-    ``saved_model_cli run --input_exprs`` splits its argument on ';' and '=' before
-    ``ast.literal_eval``; ``repr(bytes)`` may contain both, escapes never do.
-    """
-    return "b'" + "".join(f"\\x{c:02x}" for c in data) + "'"
-
-
-def run_with_cli(path: str | os.PathLike, signature: str, *, input_exprs: str | None = None,
-                 inputs: str | None = None, timeout: float = 120) -> str:
-    """Output of ``saved_model_cli run`` on one signature (tag set ``serve``).
-
-    Args:
-        path: the version directory.
-        signature: signature name.
-        input_exprs: ``key=<python literal>`` (literal only: ``np.*`` calls are refused
-            by TF >= 2.7's ``literal_eval``).
-        inputs: ``key=file.npy`` (``.npy``/``.npz``/pickle).
-        timeout: seconds before giving up.
-    """
-    args = ["run", "--dir", str(path), "--tag_set", "serve", "--signature_def", signature]
-    if input_exprs:
-        args += ["--input_exprs", input_exprs]
-    if inputs:
-        args += ["--inputs", inputs]
-    return _run_cli(args, timeout)
-
-
-def write_models_config(base_dir: str | os.PathLike, names: Sequence[str],
-                        path: str | os.PathLike | None = None, container_base: str = "/models") -> Path:
-    """Write a TF Serving ``models.config`` serving several models from one server.
-
-    Args:
-        base_dir: where the model folders are (used for the default ``path``).
-        names: the model folder names.
-        path: output file; default ``base_dir/models.config``.
-        container_base: where ``base_dir`` is mounted inside the container.
-
-    Returns:
-        The path written.
-    """
-    if not names:
-        raise CXRConfigError("names must list at least one model")
-    entries = []
-    for n in names:
-        if not _NAME_RE.match(n):
-            raise CXRConfigError(f"model name {n!r} must be letters, digits, '.', '_' or '-'")
-        entries.append("  config {\n"
-                       f"    name: '{n}'\n"
-                       f"    base_path: '{container_base.rstrip('/')}/{n}'\n"
-                       "    model_platform: 'tensorflow'\n"
-                       "  }\n")
-    text = "model_config_list {\n" + "".join(entries) + "}\n"
-    path = Path(path) if path is not None else Path(base_dir) / "models.config"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def docker_command(base_dir: str | os.PathLike, name: str | None = None, *,
-                   config_file: str | None = None, rest_port: int = 8501, grpc_port: int = 8500,
-                   image: str = "tensorflow/serving") -> str:
-    """The ``docker run`` line serving one model (``name``) or a ``models.config``.
-
-    Args:
-        base_dir: host folder holding the model folders.
-        name: serve just this model (mounted at ``/models/<name>``).
-        config_file: file name of a models.config inside ``base_dir`` (serves all listed).
-        rest_port, grpc_port: host ports.
-        image: the TF Serving image.
-    """
-    base = Path(base_dir).resolve()
-    ports = f"-p {rest_port}:8501 -p {grpc_port}:8500"
-    if config_file:
-        return (f'docker run --rm {ports} -v "{base}:/models" {image} '
-                f"--model_config_file=/models/{config_file}")
-    if not name:
-        raise CXRConfigError("give a model name or a config_file")
-    return f'docker run --rm {ports} -v "{base / name}:/models/{name}" -e MODEL_NAME={name} {image}'
-
-
-def serving_readme(base_dir: str | os.PathLike, name: str, *, multilabel: bool = False,
-                   rest_port: int = 8501, grpc_port: int = 8500) -> str:
-    """Markdown with the docker line and REST/gRPC request examples for one model.
-
-    Args:
-        base_dir: host folder holding the model folders.
-        name: the model name.
-        multilabel: whether the export's decision is per label (no ``class_index``).
-        rest_port, grpc_port: host ports.
-    """
-    outputs = ("probabilities, decision (0/1 per label)" if multilabel else
-               "probabilities, decision (class name by the exported threshold), class_index")
-    return f"""# Serving `{name}` with TF Serving
-
-```bash
-{docker_command(base_dir, name, rest_port=rest_port, grpc_port=grpc_port)}
-```
-
-Outputs: {outputs}. Inputs: `image_bytes` (encoded PNG/JPEG, signature `serving_default`)
-or `images` (float32 [N, H, W, C], signature `predict_images`).
-
-## REST (base64: the input name ends in `_bytes`, so `{{"b64": ...}}` is decoded by the server)
-
-```bash
-curl -s -X POST http://localhost:{rest_port}/v1/models/{name}:predict \\
-  -H 'Content-Type: application/json' \\
-  -d '{{"signature_name": "serving_default", "instances": [{{"image_bytes": {{"b64": "'"$(base64 -w0 image.png)"'"}}}}]}}'
-curl -s http://localhost:{rest_port}/v1/models/{name}/metadata   # signatures
-```
-
-## gRPC (`pip install tensorflow-serving-api grpcio`)
-
-```python
-import grpc, tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel("localhost:{grpc_port}"))
-req = predict_pb2.PredictRequest()
-req.model_spec.name = "{name}"
-req.model_spec.signature_name = "serving_default"
-req.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([open("image.png", "rb").read()]))
-probs = tf.make_ndarray(stub.Predict(req, 10.0).outputs["probabilities"])
-```
-"""

@@ -7,7 +7,7 @@
 * MixUp for masked multi-label targets (on top of ``keras.layers.MixUp``);
 * relabelling with the best model, then retraining only the final layer.
 
-MentorNet-style weighting is a loss: :class:`cxr_tf.training.losses.MentorNetBinaryCrossentropy`.
+MentorNet-style weighting is a loss: :class:`cxr_tf.noisy.losses.MentorNetBinaryCrossentropy`.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Uncertainty policies for text-mined CXR labels (CheXpert: 1 / 0 / -1 / blank).
 
 Turns a raw label matrix (``1``, ``0``, ``-1`` uncertain, ``NaN`` blank) into
-``(targets, weights)`` for a masked loss (:class:`cxr_tf.training.losses.MaskedBinaryCrossentropy`):
+``(targets, weights)`` for a masked loss (:class:`cxr_tf.noisy.losses.MaskedBinaryCrossentropy`):
 a weight of 0 removes an entry from the loss.
 
 Policies for ``-1`` (Irvin et al. 2019, CheXpert, Sec. 4; LSR as in Pham et al. 2021):
