@@ -421,6 +421,9 @@ def build_preset(cfg: TrainPresetConfig, summary: dict, ds_all) -> dict:
         "Sources differ in resolution and age: a model can learn the source. Per-source test metrics are in "
         "metadata.json; the external collection's figures are the honest transfer estimate.",
         "COVID-19 was never a class: the external COVID images are scored as pneumonia.",
+        "Fine-tuning it on pediatric-only data (e.g. pneumonia_freeze on Kermany) keeps the in-domain accuracy "
+        "but loses its specificity on adult normals (measured 0.03-0.43 vs 0.94: experiments/results/presets.md); "
+        "use this head as it is for adults, or fine-tune on data that includes adult normals.",
     ]
     meta.extra.update({"fp16_vs_fp32_max_abs_diff": fp16_diff, "shipped_vs_fp32_max_abs_diff": diff, "weights_mb": round(size_mb, 2),
                        "cpu_images_per_second_batch32": round(speed, 1),

@@ -118,7 +118,7 @@ def test_failed_start_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
 
 MODULES = ["pneumonia_freeze", "freeze_depth", "augmentation_ablation", "batch_lr_grid", "ssl_pretrain",
            "ssl_finetune", "covid_ssl_compare", "deep_covid", "chexpert_noisy", "perceptual_testset",
-           "perceptual_agreement"]
+           "perceptual_agreement", "train_preset"]
 
 
 def _check_help(module: str, text: str) -> None:
