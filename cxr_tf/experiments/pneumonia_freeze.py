@@ -275,7 +275,6 @@ def run(cfg: PneumoniaFreezeConfig, data=None) -> dict:
         "fit_seconds": round(fit_s, 1),
         "wall_seconds": round(time.time() - t0, 1),
         "export": export,
-        "run_dir": str(run_dir),
         **({"preset_overlap": overlap} if overlap else {}),
     }
     from cxr_tf.evaluation import write_metrics_json
@@ -294,7 +293,7 @@ def run(cfg: PneumoniaFreezeConfig, data=None) -> dict:
     common.log(f"test: accuracy {_v(metrics, 'accuracy'):.3f}, macro AUC {_v(metrics, 'macro_auc'):.3f}; "
                f"report {run_dir / 'report.md'}")
     common.print_tensorboard_hint(run_dir)
-    return summary
+    return {**summary, "run_dir": str(run_dir)}  # for callers (train_preset); not in metrics.json
 
 
 def _v(m: dict, key: str) -> float:
