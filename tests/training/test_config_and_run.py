@@ -13,15 +13,24 @@ from cxr_tf.training.run import create_run_dir
 
 
 def test_defaults_reproduce_seed_004():
-    cfg = PneumoniaFreezeConfig()
-    assert (cfg.freeze_until, cfg.batch_size, cfg.lr, cfg.image_size, cfg.head, cfg.split, cfg.optimizer) == (
-        144, 32, 1e-4, 224, "fc256-128", "8:1:1", "adam")
+    """The seed's exact setting is one flag away: --weights imagenet (ResNet50 frozen to 144)."""
+    cfg = parse(["--data-dir", "x", "--weights", "imagenet"])
+    assert (cfg.backbone, cfg.freeze_until, cfg.batch_size, cfg.lr, cfg.image_size, cfg.head, cfg.split,
+            cfg.optimizer) == ("resnet50", 144, 32, 1e-4, 224, "fc256-128", "8:1:1", "adam")
+    # the default keeps the seed's optimiser, head and split, on the embedded preset's trunk
+    cfg = parse(["--data-dir", "x"])
+    assert (cfg.weights, cfg.backbone, cfg.image_size, cfg.freeze_until, cfg.lr, cfg.head) == (
+        "preset:cxr_pneumonia_unet128", "unet_cbam_encoder_d3w16", 128, "enc3_conv1", 1e-4, "fc256-128")
 
 
 def test_flags_smoke_and_explicit_override():
-    cfg = parse_config(PneumoniaFreezeConfig, ["--freeze-until", "114", "--lr=1e-3", "--smoke", "--epochs", "3"])
+    cfg = parse_config(PneumoniaFreezeConfig, ["--freeze-until", "114", "--lr=1e-3", "--smoke", "--epochs", "3",
+                                               "--weights", "imagenet"])
     assert cfg.freeze_until == 114 and cfg.lr == 1e-3
     assert cfg.smoke and cfg.image_size == 64 and cfg.epochs == 3  # explicit flag beats --smoke
+    # a preset trunk keeps the size it was trained at, also under --smoke (unless --image-size is given)
+    assert parse_config(PneumoniaFreezeConfig, ["--smoke"]).image_size == 128
+    assert parse_config(PneumoniaFreezeConfig, ["--smoke", "--image-size", "32"]).image_size == 32
     assert parse_config(PneumoniaFreezeConfig, ["--deterministic"]).deterministic is True
     with pytest.raises(CXRConfigError, match="--optimizer"):
         parse_config(PneumoniaFreezeConfig, ["--optimizer", "lamb"])
@@ -30,9 +39,10 @@ def test_flags_smoke_and_explicit_override():
 
 
 def test_demo_profile_only_without_data():
-    assert parse([]).image_size == 64 and parse([]).freeze_until == 0
+    assert parse([]).image_size == 128 and parse([]).freeze_until == "enc3_conv1"  # from the preset
+    assert parse(["--weights", "none"]).image_size == 64 and parse(["--weights", "none"]).freeze_until == 0
     assert parse(["--image-size", "96"]).image_size == 96
-    assert parse(["--data-dir", "x"]).image_size == 224
+    assert parse(["--data-dir", "x", "--weights", "none"]).image_size == 224
 
 
 def test_run_dir_resume_picks_unfinished_matching(tmp_path):
