@@ -215,16 +215,15 @@ def training_data(cfg: TrainPresetConfig, run_dir=None):
     parts = []
     for name in cfg.source_list():
         ds = LOADERS[name](root, cfg.seed)
-        if cfg.max_images or cfg.fraction:  # --smoke / quick runs: the same share of every source and split
+        if cfg.max_images or cfg.fraction:  # --smoke / quick runs: whole patients, the same share of each source
+            from cxr_tf.datasets import patient_subset
+
             share = min(cfg.fraction or 1.0, cfg.max_images / (len(cfg.source_list()) * len(ds)) if cfg.max_images
                         else 1.0)
-            rng = np.random.default_rng(cfg.seed)
-            pats = np.unique(ds.patient_ids)
-            kept = set(rng.choice(pats, max(6, int(round(share * len(pats)))), replace=False).tolist())
-            ds = ds.subset(np.isin(ds.patient_ids, list(kept)))
+            ds = patient_subset(ds, fraction=share, seed=cfg.seed) if share < 1.0 else ds
         parts.append(ds)
-        common.log(f"source {name}: {len(ds)} images, {ds.class_counts()}, split "
-                   f"{dict(zip(*np.unique(ds.meta['assigned_split'], return_counts=True)))}")
+        splits = {str(k): int(v) for k, v in zip(*np.unique(ds.meta["assigned_split"], return_counts=True))}
+        common.log(f"source {name}: {len(ds)} images, {ds.class_counts()}, split {splits}")
     ds = concat(parts, name="+".join(cfg.source_list()))
     return ds
 
