@@ -331,8 +331,9 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
         d = d.batch(cfg.batch_size, drop_remainder=True)
         if method.mixup:
             d = d.map(make_masked_mixup(cfg.mixup_alpha, seed=cfg.seed), num_parallel_calls=1)
-        # jit_compile=False: XLA compilation of each small model costs more CPU time than it saves here.
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=False)
+        # jit_compile off unless --jit-compile true: XLA compilation of each small model costs more CPU
+        # time than it saves here (measured when this study was written)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=bool(cfg.jit_compile))
         best, best_w, hist = -1.0, None, []
         for e in range(epochs):
             h = model.fit(d, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
