@@ -55,6 +55,13 @@ def compile_classifier(model: keras.Model, opt_cfg: OptimizerConfig, steps_per_e
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
     model.compile(optimizer=make_optimizer(opt_cfg, steps_per_epoch, epochs), loss=loss, metrics=metrics,
                   jit_compile=jit_compile_arg(opt_cfg.jit_compile))
+    if opt_cfg.jit_compile and not model.jit_compile:
+        # Keras turns XLA off by itself when TF op determinism is on (--deterministic): say so
+        import logging
+
+        logging.getLogger("cxr_tf.training").warning(
+            "warning: --jit-compile ignored: Keras does not XLA-compile while TF op determinism is enabled "
+            "(--deterministic, or enabled earlier in this process)")
 
 
 def predict(model: keras.Model, dataset) -> np.ndarray:
