@@ -186,9 +186,12 @@ def check_leakage(split: Sequence[str], patient_ids: Sequence[str]) -> None:
 def portable_item_names(ds: CXRDataset) -> list[str]:
     """Item names for files written with a run: file paths relative to the items' common
     folder (``train/NORMAL/IM-0115-0001.jpeg``), so a splits file names no folder of the
-    machine that wrote it and reloads wherever the data lives; other items keep their names."""
+    machine that wrote it and reloads wherever the data lives; other items (array names such as
+    ``synth-000001_0``) keep their names. Loaders that list paths in ``meta['item']`` (Kermany,
+    the COVID and NIH sources) are relativised too; a multi-source dataset's names keep their
+    source folder (``kermany224/train/...``, ``covid_ieee8023/images_256/...``)."""
     names = ds.item_names
-    if ds.in_memory or "item" in ds.meta.columns or not names:
+    if ds.in_memory or not names or not all(os.path.isabs(n) for n in names):
         return names
     root = os.path.commonpath([os.path.dirname(os.path.abspath(n)) for n in names])
     return [os.path.relpath(os.path.abspath(n), root) for n in names]

@@ -320,17 +320,6 @@ def portable_command(cfg: TrainPresetConfig) -> str:
     return " ".join(args)
 
 
-def portable_splits(src: Path, data_dir: str, dst: Path) -> None:
-    """``splits.csv`` with item paths relative to the data folder (``kermany224/train/...``)."""
-    import pandas as pd
-
-    df = pd.read_csv(src, keep_default_na=False, dtype=str)
-    root = str(Path(data_dir).resolve()).rstrip("/") + "/"
-    df["item"] = [i[len(root):] if i.startswith(root) else i for i in
-                  (str(Path(x).resolve()) if Path(x).is_absolute() else x for x in df["item"])]
-    df.to_csv(dst, index=False)
-
-
 def build_preset(cfg: TrainPresetConfig, summary: dict, ds_all) -> dict:
     """The finished run -> the preset folder, its own metrics per source and external ones."""
     import pandas as pd
@@ -361,8 +350,6 @@ def build_preset(cfg: TrainPresetConfig, summary: dict, ds_all) -> dict:
     meta.extra["run_config"] = {k: v for k, v in (meta.extra.get("run_config") or {}).items()
                                 if k not in ("data_dir", "runs_dir", "saved_models_dir", "run_dir", "cache_dir",
                                              "preset_out", "from_run")}
-    rel_splits = run / "preset_splits.csv"
-    portable_splits(run / "splits.csv", cfg.data_dir, rel_splits)
     meta.description = (f"normal / pneumonia CXR classifier ({cfg.backbone}, {cfg.image_size} px) trained on "
                         f"{', '.join(cfg.source_list())} (test patients held out); cxr_tf's own preset")
     model = CXRClassifier.from_config(json.loads((run / "model.json").read_text())["config"])
@@ -374,7 +361,7 @@ def build_preset(cfg: TrainPresetConfig, summary: dict, ds_all) -> dict:
     # float32 checkpoint's probabilities within FP16_TOLERANCE on every test image; else float32
     for dtype in ("float16", "float32"):
         folder = P.save_preset(model, parent / cfg.preset_name, meta, weights_dtype=dtype, overwrite=True,
-                               extra_files={"splits.csv": rel_splits})
+                               extra_files={"splits.csv": run / "splits.csv"})
         preset = P.load_preset(str(folder))
         shipped = preset.build()
         diff = float(np.abs(p32 - predict_calibrated(shipped, test_ds, cfg.image_size, None)).max())
