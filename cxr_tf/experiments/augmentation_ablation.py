@@ -112,7 +112,7 @@ class AugmentationAblationConfig(PneumoniaFreezeConfig):
 
     @property
     def case_list(self) -> list[int]:
-        from cxr_tf.experiments.sweep import parse_list
+        from cxr_tf.training.sweep import parse_list
 
         return parse_list(self.cases, int)
 
@@ -203,7 +203,7 @@ def _markdown(cfg, summary: pd.DataFrame, tests: pd.DataFrame, wall: float, n: d
 
 
 def run(cfg: AugmentationAblationConfig) -> dict:
-    from cxr_tf.experiments import common, sweep
+    from cxr_tf.training import flow as common, sweep
 
     t0 = time.time()
     run_dir, ds = sweep.start(cfg)

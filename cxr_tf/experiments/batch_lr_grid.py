@@ -72,13 +72,13 @@ class BatchLrGridConfig(PneumoniaFreezeConfig):
 
     @property
     def batch_list(self) -> list[int]:
-        from cxr_tf.experiments.sweep import parse_list
+        from cxr_tf.training.sweep import parse_list
 
         return sorted(set(parse_list(self.batches, int)))
 
     @property
     def lr_list(self) -> list[float]:
-        from cxr_tf.experiments.sweep import parse_list
+        from cxr_tf.training.sweep import parse_list
 
         return sorted(set(parse_list(self.lrs, float)), reverse=True)
 
@@ -203,7 +203,7 @@ def heatmap(grid: pd.DataFrame, path, value: str = "val_macro_auc") -> dict | No
 
 
 def run(cfg: BatchLrGridConfig) -> dict:
-    from cxr_tf.experiments import common, sweep
+    from cxr_tf.training import flow as common, sweep
 
     t0 = time.time()
     run_dir, ds = sweep.start(cfg)

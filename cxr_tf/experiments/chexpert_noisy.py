@@ -442,7 +442,7 @@ def markdown(df: pd.DataFrame, names, cols, n_pos: dict, baseline) -> str:
 
 # -------------------------------------------------------------------------------- run
 def run(cfg: ChexpertNoisyConfig) -> dict:
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
 
     t0 = time.time()
     common.setup_runtime(cfg)

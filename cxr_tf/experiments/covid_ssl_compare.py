@@ -185,11 +185,11 @@ def load_data(cfg, binary: bool = False, ieee_all_findings: bool = False):
         warnings.simplefilter("always")
         ds = load_covid_dataset(cfg.data_dir, per_class=getattr(cfg, "per_class", None) or None, seed=cfg.seed,
                                 binary=binary, ieee_all_findings=ieee_all_findings)
-    from cxr_tf.experiments.common import log
+    from cxr_tf.training.flow import log
 
     for w in caught:
         log(f"warning: {w.message}")
-    from cxr_tf.experiments.common import take_subset
+    from cxr_tf.training.flow import take_subset
 
     return take_subset(cfg, ds)  # --max-images / --fraction: whole patients, stratified
 
@@ -197,7 +197,7 @@ def load_data(cfg, binary: bool = False, ieee_all_findings: bool = False):
 def report_source_mix(ds, split, run) -> list[str]:
     """Print and save the source mix per class and split; return the shortcut warnings."""
     from cxr_tf.datasets import format_source_mix, shortcut_warnings, source_mix
-    from cxr_tf.experiments.common import log
+    from cxr_tf.training.flow import log
 
     table = source_mix(ds, split)
     table.to_csv(run / "source_mix.csv", index=False)
@@ -255,7 +255,7 @@ def cam_check(model, images, run, name: str, method: str, step: int = 0) -> dict
 
 
 def run(cfg: CovidCompareConfig) -> dict:
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
 
     t0 = time.time()
     strategy = common.setup_runtime(cfg)

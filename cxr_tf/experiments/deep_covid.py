@@ -173,7 +173,7 @@ def sweep_markdown(sweeps: dict) -> str:
 
 
 def run(cfg: DeepCovidConfig) -> dict:
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
     from cxr_tf.experiments.covid_ssl_compare import as_arrays, cam_check, load_data, report_source_mix
 
     t0 = time.time()

@@ -11,7 +11,7 @@ Reported per cell: trainable / non-trainable parameter counts, the train - valid
 gap per epoch (AUC and loss: overfitting), final test metrics, and overlaid learning
 curves (``plots/learning_curves.png``; TensorBoard runs ``tensorboard/f<idx>_lr<lr>/``
 side by side). Re-running the same command reopens the same run folder and reuses every
-finished cell (:mod:`cxr_tf.experiments.sweep`).
+finished cell (:mod:`cxr_tf.training.sweep`).
 
 Pretrained weights: ``--weights imagenet`` (Keras' loader; needs a download or the file
 in ``~/.keras/models``), ``--weights PATH`` (a Keras ResNet50 no-top weights file) or
@@ -74,13 +74,13 @@ class FreezeDepthConfig(PneumoniaFreezeConfig):
 
     @property
     def freeze_list(self) -> list[int]:
-        from cxr_tf.experiments.sweep import parse_list
+        from cxr_tf.training.sweep import parse_list
 
         return parse_list(self.freeze_points, int)
 
     @property
     def lr_list(self) -> list[float]:
-        from cxr_tf.experiments.sweep import parse_list
+        from cxr_tf.training.sweep import parse_list
 
         return sorted(set(parse_list(self.lrs, float)), reverse=True)
 
@@ -135,7 +135,7 @@ def plot_curves(results: dict, path) -> None:
 
 
 def run(cfg: FreezeDepthConfig) -> dict:
-    from cxr_tf.experiments import common, sweep
+    from cxr_tf.training import flow as common, sweep
 
     t0 = time.time()
     run_dir, ds = sweep.start(cfg)

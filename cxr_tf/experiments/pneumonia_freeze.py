@@ -190,7 +190,7 @@ def run(cfg: PneumoniaFreezeConfig, data=None) -> dict:
     instead of ``--data-dir`` (e.g. several sources combined); when its ``meta`` has an
     ``assigned_split`` column, that per-item split is used (audited and saved as usual).
     """
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
 
     t0 = time.time()
     strategy = common.setup_runtime(cfg)

@@ -155,7 +155,7 @@ def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, c
 
     from cxr_tf.data import build_pipeline
     from cxr_tf.evaluation import classification_metrics
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
     from cxr_tf.models import build_model
     from cxr_tf.training import resume
     from cxr_tf.training.callbacks import standard_callbacks
@@ -224,7 +224,7 @@ def plot_curve(rows, path, title):
 
 
 def run(cfg: SSLFinetuneConfig) -> dict:
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
 
     t0 = time.time()
     strategy = common.setup_runtime(cfg)  # noqa: F841 (seeds, determinism)

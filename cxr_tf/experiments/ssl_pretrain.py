@@ -139,7 +139,7 @@ def load_source(cfg: SSLPretrainConfig, spec: str, run):
     """One ``--sources`` entry -> a checked dataset (``@train``: training patients only)."""
     from cxr_tf.datasets import detect_format, patient_split
     from cxr_tf.errors import CXRDatasetError
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
 
     train_only = spec.endswith("@train")
     path = _resolve(spec[: -len("@train")] if train_only else spec)
@@ -173,7 +173,7 @@ def image_pool(cfg: SSLPretrainConfig, run):
     import tensorflow as tf
 
     from cxr_tf.data import image_dataset
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
 
     if cfg.sources == "auto":
         specs = [s for s in AUTO_SOURCES if _resolve(s.split("@")[0]).exists()]
@@ -281,7 +281,7 @@ def evaluate_restoration(model, val_pairs) -> dict:
 
 
 def run(cfg: SSLPretrainConfig) -> dict:
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
 
     t0 = time.time()
     strategy = common.setup_runtime(cfg)
@@ -325,7 +325,7 @@ def run(cfg: SSLPretrainConfig) -> dict:
 
 def finish(cfg, model, run_dir, val, counts, n_train, n_val, steps, fit_s, t0) -> dict:
     """Best checkpoint -> validation SSIM / PSNR, encoder + metadata, metrics, report."""
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
     from cxr_tf.training import resume
 
     gen = cfg.genesis()
@@ -372,7 +372,7 @@ def export_from(path: str) -> dict:
     """The encoder of an existing run (finished or stopped) from its best checkpoint."""
     import json
 
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
     from cxr_tf.models.unet_cbam import UNetCBAM
     from cxr_tf.ssl.transforms import make_pair_dataset
     from cxr_tf.training.run import RunDir

@@ -209,7 +209,7 @@ LOADERS = {"kermany224": load_kermany_source, "nih1000_64": load_nih_source, "co
 def training_data(cfg: TrainPresetConfig, run_dir=None):
     """The combined dataset (``meta['assigned_split']``, ``meta['source']``) of ``--sources``."""
     from cxr_tf.datasets import concat
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
 
     root = Path(cfg.data_dir)
     parts = []
@@ -324,7 +324,7 @@ def build_preset(cfg: TrainPresetConfig, summary: dict, ds_all) -> dict:
     """The finished run -> the preset folder, its own metrics per source and external ones."""
     import pandas as pd
 
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
     from cxr_tf.models import presets as P
     from cxr_tf.models.classifier import CXRClassifier
 

@@ -108,7 +108,7 @@ def is_chief() -> bool:
 def configure_worker(cfg) -> None:
     """Give a non-chief worker its own run folder and no export (only the chief writes).
 
-    Called by :func:`cxr_tf.experiments.common.setup_runtime` for ``--strategy multi_worker``.
+    Called by :func:`cxr_tf.training.flow.setup_runtime` for ``--strategy multi_worker``.
     The chief's run folder is kept in ``cfg.__dict__['_chief_run_dir']`` (not a config field).
     """
     if not cfg.run_dir:
@@ -199,7 +199,7 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
         strategy: default ``model.distribute_strategy``.
 
     Returns:
-        ``(history dict, seconds)`` like :func:`cxr_tf.experiments.common.fit`.
+        ``(history dict, seconds)`` like :func:`cxr_tf.training.flow.fit`.
     """
     import tensorflow as tf
 

@@ -1,5 +1,5 @@
 """The training input pipeline from a config: one definition for the Keras fit, the
-multi-worker loop and every experiment (``cxr_tf.experiments.common`` re-exports it)."""
+multi-worker loop and every experiment (``cxr_tf.training.flow`` re-exports it)."""
 from __future__ import annotations
 
 from cxr_tf.datasets import CXRDataset

@@ -158,7 +158,7 @@ def test_run_flow_audits_dedupes_and_reports(planted, tmp_path):
     in no split, splits.csv reloads that, and the run's report carries the counts."""
     from cxr_tf.datasets import load_splits, save_splits
     from cxr_tf.evaluation import classification_metrics, write_report
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
     from cxr_tf.training.config import TrainConfig
 
     ds, split, _ = planted

@@ -164,7 +164,7 @@ def test_help_through_python_dash_m():
 
 def test_tensorboard_test_confusion_matrix_names_its_weights_epoch(tmp_path, monkeypatch):
     import cxr_tf.evaluation as ev
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
     from cxr_tf.training.run import RunDir
 
     titles = []
@@ -184,7 +184,7 @@ def test_tensorboard_test_confusion_matrix_names_its_weights_epoch(tmp_path, mon
 
 def test_manifest_classes_only_forced_by_an_explicit_classes_flag(tmp_path):
     from cxr_tf.errors import CXRDatasetError
-    from cxr_tf.experiments import common
+    from cxr_tf.training import flow as common
 
     (tmp_path / "img").mkdir()
     pd.DataFrame({"path": [f"img/{i}.png" for i in range(4)], "label": ["normal", "pneumonia"] * 2,

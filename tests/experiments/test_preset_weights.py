@@ -6,7 +6,7 @@ import pytest
 
 from cxr_tf.errors import CXRArchitectureError, CXRConfigError
 from cxr_tf.experiments import covid_ssl_compare as cmp
-from cxr_tf.experiments import sweep
+from cxr_tf.training import sweep
 from cxr_tf.models import build_model
 from cxr_tf.models import presets as P
 

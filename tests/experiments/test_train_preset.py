@@ -146,7 +146,7 @@ def test_train_preset_smoke_writes_a_complete_preset(data_dir, tmp_path, no_cach
 
 def test_preset_overlap_counts_images_the_preset_trained_on(no_cache, kermany_dir):
     from cxr_tf.datasets import load_kermany, patient_split
-    from cxr_tf.experiments.common import preset_overlap
+    from cxr_tf.training.flow import preset_overlap
 
     ds = load_kermany(kermany_dir, classes="pneumonia")
     split = patient_split(ds, (0.8, 0.1, 0.1), seed=0)  # 2-class view: the same split as the preset's

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf.datasets import CXRDataset
-from cxr_tf.experiments import common
+from cxr_tf.training import flow as common
 from cxr_tf.training.run import RunDir, _comparable
 
 

@@ -21,7 +21,7 @@ from cxr_tf.errors import CXRConfigError
 from cxr_tf.training.inputs import train_pipeline  # noqa: F401  (experiments call common.train_pipeline)
 
 
-logger = logging.getLogger("cxr_tf.experiments")
+logger = logging.getLogger("cxr_tf.training")
 #: The experiments' shorthand for an INFO line (``[cxr_tf] ...``, cxr_tf.log).
 log = logger.info
 
