@@ -33,21 +33,23 @@ def env(**extra) -> dict:
     return e
 
 
-def experiment_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "cxr_tf.experiments.pneumonia_freeze", *map(str, args)]
+def experiment_cmd(*args, module: str = "pneumonia_freeze") -> list[str]:
+    """``python -m cxr_tf.experiments.<module> ARGS`` (the main job unless ``module`` is given)."""
+    return [sys.executable, "-m", f"cxr_tf.experiments.{module}", *map(str, args)]
 
 
-def run_experiment(args, cwd, timeout: float = 150, check: bool = True, **env_extra) -> subprocess.CompletedProcess:
-    """Run the main job to completion in a subprocess (stdout and stderr captured)."""
-    p = subprocess.run(experiment_cmd(*args), cwd=cwd, env=env(**env_extra), capture_output=True, text=True,
+def run_experiment(args, cwd, timeout: float = 150, check: bool = True, module: str = "pneumonia_freeze",
+                   **env_extra) -> subprocess.CompletedProcess:
+    """Run an experiment (the main job by default) to completion in a subprocess (output captured)."""
+    p = subprocess.run(experiment_cmd(*args, module=module), cwd=cwd, env=env(**env_extra), capture_output=True, text=True,
                        timeout=timeout)
     if check:
         assert p.returncode == 0, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p
 
 
-def start_experiment(args, cwd, log: Path, **env_extra) -> subprocess.Popen:
-    return subprocess.Popen(experiment_cmd(*args), cwd=cwd, env=env(**env_extra), stdout=open(log, "w"),
+def start_experiment(args, cwd, log: Path, module: str = "pneumonia_freeze", **env_extra) -> subprocess.Popen:
+    return subprocess.Popen(experiment_cmd(*args, module=module), cwd=cwd, env=env(**env_extra), stdout=open(log, "w"),
                             stderr=subprocess.STDOUT)
 
 
