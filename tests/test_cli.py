@@ -101,7 +101,7 @@ def test_missing_optional_extra_is_one_line_with_the_install_hint(pngs, tmp_path
     import sys
 
     from cxr_tf.errors import CXRConfigError
-    from cxr_tf.experiments.perceptual_testset import _to_unit
+    from cxr_tf.perceptual.testset import _to_unit
 
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError, as without the extra
     with pytest.raises(CXRConfigError, match=r"pip install 'cxr_tf\[perceptual\]'"):

@@ -11,7 +11,7 @@ import pytest
 from cxr_tf.cli import main as cli_main
 from cxr_tf.models import build_model
 from cxr_tf.models import presets as P
-from cxr_tf.predict import decide, find_images, predict_files
+from cxr_tf.cli.predict import decide, find_images, predict_files
 
 S = 48
 CLASSES = ["normal", "pneumonia"]

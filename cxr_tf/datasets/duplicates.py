@@ -86,12 +86,12 @@ def _load_cache(path: Path) -> dict[str, np.ndarray]:
 
 
 def _save_cache(path: Path, cache: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    from cxr_tf.io.atomic import atomic_path
+
     keys = np.array(list(cache), dtype=str)
     hashes = np.stack(list(cache.values())) if cache else np.zeros((0, N_BITS // 64), np.uint64)
-    np.savez(tmp, version=HASH_VERSION, keys=keys, hashes=hashes)
-    os.replace(tmp, path)  # readers never see a partial file
+    with atomic_path(path) as tmp:  # readers never see a partial file
+        np.savez(tmp, version=HASH_VERSION, keys=keys, hashes=hashes)
 
 
 def hash_items(ds: CXRDataset, cache_dir: str | os.PathLike | None = None) -> np.ndarray:

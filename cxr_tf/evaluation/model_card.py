@@ -289,7 +289,7 @@ def render_card(card: Mapping) -> str:
 
 def write_model_card(path: str | os.PathLike, card: Mapping) -> str:
     """Write ``render_card(card)`` to ``path`` (a folder gets ``MODEL_CARD.md``)."""
-    from cxr_tf.io._common import atomic_write
+    from cxr_tf.io.atomic import atomic_write
 
     p = Path(str(path))
     if p.is_dir():

@@ -61,7 +61,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from cxr_tf.experiments.pneumonia_freeze import PneumoniaFreezeConfig
+from cxr_tf.training.task import ClassifierConfig
 from cxr_tf.training.config import opt, parse_config
 
 CASES = {
@@ -74,7 +74,7 @@ CASES = {
 
 
 @dataclasses.dataclass
-class AugmentationAblationConfig(PneumoniaFreezeConfig):
+class AugmentationAblationConfig(ClassifierConfig):
     experiment: str = "augmentation_ablation"
     weights: str = "none"  # its committed results train from scratch; --weights takes any other source
     folds: int = opt(5, "patient-level cross-validation folds (every image tested once per case)")

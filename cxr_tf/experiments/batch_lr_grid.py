@@ -38,12 +38,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from cxr_tf.experiments.pneumonia_freeze import PneumoniaFreezeConfig
+from cxr_tf.training.task import ClassifierConfig
 from cxr_tf.training.config import opt, parse_config
 
 
 @dataclasses.dataclass
-class BatchLrGridConfig(PneumoniaFreezeConfig):
+class BatchLrGridConfig(ClassifierConfig):
     experiment: str = "batch_lr_grid"
     weights: str = "none"  # its committed results train from scratch; --weights takes any other source
     batches: str = opt("8,16,32,64", "comma list of batch sizes of the grid")

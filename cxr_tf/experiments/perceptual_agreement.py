@@ -251,7 +251,7 @@ def run(cfg: PerceptualAgreementConfig) -> Path:
     run_dir = RunDir(_new_run_path(Path(cfg.runs_dir) / cfg.experiment))
     root = cfg.testset
     if root is None:  # --smoke: a tiny synthetic test set inside the run folder
-        from cxr_tf.experiments import perceptual_testset as pt
+        from cxr_tf.perceptual import testset as pt
         from cxr_tf.training.config import parse_config
 
         root = str(run_dir / "testset")

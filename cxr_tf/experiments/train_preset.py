@@ -20,8 +20,8 @@ Sources (``--sources``), each split by patient on its own, its test patients nev
 (``--external``): specificity on its normals and sensitivity on its COVID images at the
 preset's own threshold, with CIs.
 
-The trainer is ``pneumonia_freeze`` (one flow: split audit, resume, TensorBoard,
-calibration, operating point, export, model card) with this module's data hook.
+The trainer is the task layer, ``cxr_tf.training.task.ClassifierTask`` (one flow: split audit, resume, TensorBoard,
+calibration, operating point, export, model card), with this module's data as its ``load_data`` hook.
 
 Commands::
 
@@ -44,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tf.experiments.pneumonia_freeze import PneumoniaFreezeConfig
 from cxr_tf.training.config import opt, parse_config
+from cxr_tf.training.task import ClassifierConfig, ClassifierTask
 
 SOURCES = ("kermany224", "nih1000_64", "covid_ieee8023")
 CLASSES = ["normal", "pneumonia"]
@@ -60,7 +60,7 @@ LICENCES = {
 
 
 @dataclasses.dataclass
-class TrainPresetConfig(PneumoniaFreezeConfig):
+class TrainPresetConfig(ClassifierConfig):
     experiment: str = "train_preset"
     classes: str = "pneumonia"
     backbone: str = "unet_cbam_encoder_d3w16"
@@ -429,8 +429,18 @@ def build_preset(cfg: TrainPresetConfig, summary: dict, ds_all) -> dict:
     return out
 
 
+class PresetTask(ClassifierTask):
+    """The classifier task with this experiment's data: several sources, each split by patient."""
+
+    def load_data(self, run_dir):
+        self.ds = training_data(self.cfg, run_dir)
+        return self.ds
+
+    def assigned_split(self, ds):
+        return ds.meta["assigned_split"].to_numpy()
+
+
 def run(cfg: TrainPresetConfig) -> dict:
-    from cxr_tf.experiments import pneumonia_freeze
 
     if cfg.from_run:
         from cxr_tf.errors import CXRConfigError
@@ -442,16 +452,11 @@ def run(cfg: TrainPresetConfig) -> dict:
         return {**summary, "preset": build_preset(cfg, summary, training_data(cfg))}
 
     cfg.export_name = cfg.export_name or cfg.preset_name
-    holder = {}
-
-    def data(c, run_dir):
-        holder["ds"] = training_data(c, run_dir)
-        return holder["ds"]
-
-    summary = pneumonia_freeze.run(cfg, data=data)
+    task = PresetTask(cfg)
+    summary = task.run()
     if "run_dir" not in summary:  # a non-chief worker
         return summary
-    return {**summary, "preset": build_preset(cfg, summary, holder["ds"])}
+    return {**summary, "preset": build_preset(cfg, summary, task.ds)}
 
 
 def main(argv=None) -> int:

@@ -192,7 +192,7 @@ def split_data(data_dir, splits, class_names, fmt: str = "auto", train: str = "t
     """``(train, held-out)`` :class:`~cxr_tf.datasets.CXRDataset` of ``data_dir`` by a saved ``splits.csv``,
     relabelled onto the model's ``class_names``."""
     from cxr_tf.datasets import load_splits
-    from cxr_tf.evaluate import load_for_model
+    from cxr_tf.datasets.relabel import load_for_model
 
     ds = load_for_model(str(data_dir), fmt, list(class_names))
     split = load_splits(splits, ds)

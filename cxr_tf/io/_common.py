@@ -166,31 +166,6 @@ def as_gray_float32(arr: np.ndarray, path: str, error=CXRImageError) -> np.ndarr
     return out
 
 
-def atomic_write(path: str, write, mode: str = "wb", **open_kwargs) -> str:
-    """Write ``path`` via a temporary file in the same folder and ``os.replace``.
-
-    Concurrent workers or an interrupted run never leave a half-written file under
-    ``path``. ``write(f)`` receives the open temporary file.
-    """
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def display_name(path) -> str:
     """A file's name fit for a plot title or a log line: bytes that are not valid UTF-8
     (kept as surrogates in Python paths) become U+FFFD, which fonts can draw."""

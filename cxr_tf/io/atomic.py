@@ -1,16 +1,20 @@
-"""Atomic writes of JSON and Keras weights: a temporary file in the same folder, fsync,
-then ``os.replace``, so an interrupted run or a reader never sees a half-written file.
+"""Atomic writes: a temporary file in the same folder, then ``os.replace``, so an
+interrupted run, a concurrent worker or a reader never sees a half-written file.
 
-The one place for this (the run folder, the resume backup, SSL encoders and presets use
-it); :func:`cxr_tf.io._common.atomic_write` is the generic byte/text form. Keras is
-imported only by the weights writer, so readers stay free of it.
+The one place for this in cxr_tf: :func:`atomic_path` (any writer that takes a path:
+h5py, ``np.savez``, ``DataFrame.to_csv``), :func:`atomic_write` (a writer that takes an
+open file), :func:`write_json_atomic` and :func:`save_weights_atomic` (fsynced: the run
+folder, the resume backup, SSL encoders and presets). Keras is imported only by the
+weights writer, so readers stay free of it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 
 def _fsync_dir(path: Path) -> None:
@@ -26,16 +30,35 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> Path:
-    """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix, so writers that look at it still work),
+    renamed over ``path`` when the block succeeds and removed when it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write, mode: str = "wb", **open_kwargs) -> str:
+    """Write ``path`` through ``write(f)`` on an open temporary file, then rename it over ``path``."""
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        write(f)
+    return str(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj, indent: int = 1, default=None) -> Path:
+    """Write JSON (sorted keys) to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent, sort_keys=True, default=default)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
 
@@ -53,9 +76,7 @@ def save_weights_atomic(model, path: str | os.PathLike, optimizer: bool = True) 
     checkpoint is for inference and fine-tuning; only the resume backup needs them.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}.weights.h5")
-    try:
+    with atomic_path(path) as tmp:  # ends in .weights.h5, as Keras requires
         if optimizer or not _optimizer_to_skip(model):
             model.save_weights(str(tmp), overwrite=True)
         else:
@@ -65,10 +86,6 @@ def save_weights_atomic(model, path: str | os.PathLike, optimizer: bool = True) 
             saving_lib.save_weights_only(model, str(tmp), objects_to_skip=_optimizer_to_skip(model))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     _fsync_dir(path.parent)
     return path
 

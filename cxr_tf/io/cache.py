@@ -12,7 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from ._common import DEFAULT_MAX_PIXELS, atomic_write
+from ._common import DEFAULT_MAX_PIXELS
+from .atomic import atomic_write
 
 
 def cache_key(path: str | os.PathLike) -> str:

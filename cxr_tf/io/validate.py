@@ -18,7 +18,8 @@ from typing import Iterable
 
 from cxr_tf.errors import CXRConfigError, CXRImageError
 
-from ._common import DEFAULT_MAX_PIXELS, atomic_write, budget_bytes, decoded_bytes
+from ._common import DEFAULT_MAX_PIXELS, budget_bytes, decoded_bytes
+from .atomic import atomic_write
 from .cache import cache_path, write_cache
 from .formats import declared_header, jpeg_scan_problem, png_problem, sniff_format
 from .graph import GRAPH_FORMATS, clean_tf_message, tf_decode

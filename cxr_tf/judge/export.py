@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxr_tf.errors import CXRDatasetError
-from cxr_tf.io._common import atomic_write
+from cxr_tf.io.atomic import atomic_write
 
 from .db import JudgmentStore
 from .testset import TestSet

@@ -476,10 +476,10 @@ def _cast_kernels_float16(path: Path) -> None:
                 ds.attrs[k] = v
 
     # A fresh file (not an in-place edit): h5py would keep the freed float32 space.
-    tmp = path.with_suffix(".fp16")
-    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+    from cxr_tf.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
         copy(src, dst)
-    os.replace(tmp, path)
 
 
 def _git_commit() -> str:

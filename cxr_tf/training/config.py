@@ -26,40 +26,60 @@ def opt(default: Any, help: str) -> Any:
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-@dataclasses.dataclass
-class OptimizerConfig:
-    """Optimizer and learning-rate schedule.
-
-    Seeds 003/004: Adam lr 1e-4. Seed 002: SGD with momentum and exponential decay.
-    """
-
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-4
-    momentum: float = 0.9  # sgd
-    weight_decay: float = 1e-4  # adamw
-    schedule: str = "constant"  # constant | exponential | cosine
-    decay_rate: float = 0.9  # exponential: lr * decay_rate ** epoch
-    warmup_epochs: int = 0  # cosine
-    jit_compile: bool | None = None  # XLA for model.compile: None = Keras' "auto"
+# ---- config sections ---------------------------------------------------------------------
+# Each field is defined once, in one section, with its help text; an experiment's config
+# combines sections and only changes defaults (``lr: float = 1e-3``) or adds its own fields.
+# ``--help`` lists the flags grouped by section (build_parser).
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Fields shared by every training experiment (each is a CLI flag)."""
+class RuntimeConfig:
+    """Where and how a run executes: folders, resume, devices, precision, logging."""
 
+    SECTION = "runtime"
     experiment: str = opt("train", "experiment name: runs go to <runs-dir>/<experiment>/")
+    seed: int = opt(0, "seed for the split, the subset, shuffling and initialisation")
+    strategy: str = opt("auto", "distribution: auto | default | mirrored | multi_worker (TF_CONFIG)")
+    cpu_devices: int = opt(0, ">1: MirroredStrategy over this many logical CPU devices (testing)")
+    deterministic: bool = opt(False, "bit-reproducible TF ops (slower)")
+    precision: str = opt("float32", "Keras dtype policy: float32 | mixed_float16 (GPUs with tensor cores; loss "
+                                    "scaling added) | mixed_bfloat16 (TPUs, recent GPUs and CPUs); outputs, "
+                                    "loss and the export stay float32")
+    runs_dir: str = opt("runs", "parent folder of run folders")
+    run_dir: str | None = opt(None, "use (or resume) exactly this run folder")
+    resume: bool = opt(False, "resume the newest unfinished run of this experiment with the same config")
+    smoke: bool = opt(False, "shrink everything for a quick test run (explicit flags still win)")
+    quiet: bool = opt(False, "print warnings and errors only (no progress lines, no Keras epoch lines)")
+    verbose: bool = opt(False, "print debugging messages too")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """What the model sees: the data, its checks, the patient-level split and the input pipeline."""
+
+    SECTION = "data"
     data_dir: str | None = opt(None, "dataset folder, CSV manifest or .npz (none: the embedded synthetic CXRs)")
     format: str = opt("auto", "dataset layout: auto | kermany | folder | csv | npz (auto prints what it detected)")
     image_size: int = opt(224, "input side in pixels (images are resized to a square)")
-    batch_size: int = opt(32, "images per training step (global, across devices)")
-    epochs: int = opt(20, "maximum training epochs")
-    seed: int = opt(0, "seed for the split, the subset, shuffling and initialisation")
     split: str = opt("8:1:1", "train:val:test fractions by patient, or a saved splits.csv to reuse")
     max_images: int = opt(0, "train on at most N images: whole patients, stratified by class (0: all)")
     fraction: float = opt(0.0, "train on about this share (0-1] of the images: whole patients, stratified "
                                "by class (0: all)")
     augment: str = opt("s2", "augmentation: none | light | moderate | s2 | strong, extras with + (s2+clahe+mixup)")
     balance: str = opt("oversample", "class imbalance: none | oversample | class_weight")
+    on_error: str = opt("raise", "unreadable image files: raise (stop) | skip (listed in skipped.csv)")
+    duplicate_audit: bool = opt(True, "near-duplicate audit of the split (duplicates.csv/.png/.json in the run)")
+    dedupe: bool = opt(False, "drop near-duplicate copies after splitting (one kept per group, train preferred)")
+    duplicate_threshold: int = opt(36, "near-duplicate pHash Hamming distance (of 256 bits)")
+    cache_dir: str | None = opt(None, "folder for decoded DICOM caches (default: ~/.cache/cxr_tf/decoded)")
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """Optimizer and learning-rate schedule (seeds 003/004: Adam lr 1e-4; seed 002: SGD with
+    momentum and exponential decay). Also what :func:`cxr_tf.training.loop.make_optimizer` takes."""
+
+    SECTION = "optimisation"
     optimizer: str = opt("adam", "optimizer: adam | adamw | sgd")
     lr: float = opt(1e-4, "peak learning rate")
     momentum: float = opt(0.9, "SGD momentum (--optimizer sgd)")
@@ -67,38 +87,67 @@ class TrainConfig:
     schedule: str = opt("constant", "learning-rate schedule: constant | exponential | cosine")
     decay_rate: float = opt(0.9, "exponential schedule: lr * decay_rate ** epoch")
     warmup_epochs: int = opt(0, "cosine schedule: linear warm-up epochs")
-    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
-    early_stopping: int = opt(5, "stop after this many epochs without validation improvement (0: off)")
-    strategy: str = opt("auto", "distribution: auto | default | mirrored | multi_worker (TF_CONFIG)")
-    cpu_devices: int = opt(0, ">1: MirroredStrategy over this many logical CPU devices (testing)")
-    deterministic: bool = opt(False, "bit-reproducible TF ops (slower)")
-    precision: str = opt("float32", "Keras dtype policy: float32 | mixed_float16 (GPUs with tensor cores; loss "
-                                    "scaling added) | mixed_bfloat16 (TPUs, recent GPUs and CPUs); outputs, "
-                                    "loss and the export stay float32")
     jit_compile: bool | None = opt(None, "XLA-compile the train/predict steps: true | false (default: Keras' "
                                          "auto, XLA where every layer supports it and a GPU is present)")
-    on_error: str = opt("raise", "unreadable image files: raise (stop) | skip (listed in skipped.csv)")
+
+
+@dataclasses.dataclass
+class OptimisationConfig(OptimizerConfig):
+    """How long the weights are fitted, with which optimizer (:class:`OptimizerConfig`)."""
+
+    SECTION = "optimisation"
+
+    batch_size: int = opt(32, "images per training step (global, across devices)")
+    epochs: int = opt(20, "maximum training epochs")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
+    early_stopping: int = opt(5, "stop after this many epochs without validation improvement (0: off)")
+
+
+@dataclasses.dataclass
+class EvaluationConfig:
+    """How the held-out splits are scored: calibration, operating points."""
+
+    SECTION = "evaluation"
     calibrate: bool = opt(True, "fit temperature scaling on the validation split; exports serve calibrated "
                                 "probabilities (ECE before/after in calibration.json)")
     operating_rule: str = opt("youden", "operating point per class, chosen on validation: youden | "
                                         "sensitivity:T | specificity:T")
-    duplicate_audit: bool = opt(True, "near-duplicate audit of the split (duplicates.csv/.png/.json in the run)")
-    dedupe: bool = opt(False, "drop near-duplicate copies after splitting (one kept per group, train preferred)")
-    duplicate_threshold: int = opt(36, "near-duplicate pHash Hamming distance (of 256 bits)")
-    runs_dir: str = opt("runs", "parent folder of run folders")
-    run_dir: str | None = opt(None, "use (or resume) exactly this run folder")
-    resume: bool = opt(False, "resume the newest unfinished run of this experiment with the same config")
-    cache_dir: str | None = opt(None, "folder for decoded DICOM caches (default: ~/.cache/cxr_tf/decoded)")
-    smoke: bool = opt(False, "shrink everything for a quick test run (explicit flags still win)")
-    quiet: bool = opt(False, "print warnings and errors only (no progress lines, no Keras epoch lines)")
-    verbose: bool = opt(False, "print debugging messages too")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The classifier: backbone from the registry, its weights, freezing and head."""
+
+    SECTION = "model"
+    backbone: str = opt("resnet50", "model registry name (resnet50, resnet18, densenet121, mobilenetv2, tiny_cnn, "
+                        "unet_cbam_encoder_d3w16, ...)")
+    weights: str = opt("none", "backbone weights: none (from scratch) | imagenet (needs a download) | PATH | "
+                       "preset:NAME | run:DIR | ssl:DIR | https://...#sha256=...")
+    freeze_until: str = opt("0", "freeze backbone layers before this index or layer name (0: train all)")
+    allow_random_frozen: bool = opt(False, "allow --freeze-until > 0 with --weights none (freezes random layers)")
+    head: str = opt("fc256-128", "classifier head: gap | fc256-128 (GAP-Dense(256)-Dense(128), the seed's extra FC)")
+    dropout: float = opt(0.0, "dropout before the output layer")
+    bn_momentum: float = opt(0.99, "BatchNorm moving-average momentum (Keras default 0.99)")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """The SavedModel for TF Serving written after training (verified against the Keras model)."""
+
+    SECTION = "export"
+    export: bool = opt(True, "export a SavedModel for TF Serving after training")
+    export_name: str = opt("", "export folder name under --saved-models-dir (empty: named after the task)")
+    saved_models_dir: str = opt("saved_models", "where SavedModel exports are written")
+
+
+@dataclasses.dataclass
+class TrainConfig(RuntimeConfig, EvaluationConfig, OptimisationConfig, DataConfig):
+    """The sections every training experiment has (data, optimisation, evaluation, runtime);
+    each field is a CLI flag. Classifier experiments add :class:`ModelConfig` and
+    :class:`ExportConfig` (see :class:`cxr_tf.training.task.ClassifierConfig`)."""
 
     def optimizer_config(self) -> OptimizerConfig:
-        return OptimizerConfig(
-            optimizer=self.optimizer, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-            schedule=self.schedule, decay_rate=self.decay_rate, warmup_epochs=self.warmup_epochs,
-            jit_compile=self.jit_compile,
-        )
+        return OptimizerConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(OptimizerConfig)})
 
     def apply_smoke(self) -> None:
         """Shrink for tests and CI (subclasses extend)."""
@@ -162,9 +211,26 @@ def field_help(cls, name: str) -> str | None:
     return None
 
 
+def field_section(cls, name: str) -> str:
+    """The section (``data``, ``model``, ``optimisation``, ...) that defines field ``name``;
+    a field an experiment adds itself belongs to the experiment."""
+    for base in reversed(cls.__mro__):  # the most basic class that has the field defined it
+        if dataclasses.is_dataclass(base) and name in base.__dataclass_fields__:
+            return base.__dict__.get("SECTION", "experiment")
+    return "experiment"
+
+
+#: The order of the sections in ``--help``.
+SECTIONS = ("experiment", "data", "model", "optimisation", "evaluation", "export", "runtime")
+
+
 def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one ``--flag`` per dataclass field."""
+    """An argparse parser with one ``--flag`` per dataclass field, grouped by section."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    groups = {}
+    for name in SECTIONS:
+        title = f"{getattr(cls, 'experiment', '') or 'experiment'} options" if name == "experiment" else name
+        groups[name] = p.add_argument_group(title)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         t = _field_type(cls, f)
@@ -172,12 +238,13 @@ def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser
         help_ = field_help(cls, f.name)
         if not help_:  # every flag explains itself (tests/training/test_config_and_run.py checks all)
             raise CXRConfigError(f"{cls.__name__}.{f.name} has no help text: define it with opt(default, help)")
+        g = groups.setdefault(field_section(cls, f.name), p.add_argument_group(field_section(cls, f.name)))
         if f.name == "smoke":
-            p.add_argument(flag, action="store_true", help=help_)
+            g.add_argument(flag, action="store_true", help=help_)
         elif t is bool:
-            p.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help_)
+            g.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help_)
         else:
-            p.add_argument(flag, type=t if t in (int, float, str) else str, default=default, help=help_)
+            g.add_argument(flag, type=t if t in (int, float, str) else str, default=default, help=help_)
     return p
 
 

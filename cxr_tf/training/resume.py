@@ -36,7 +36,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,12 +273,12 @@ def truncate_history_csv(path: str | os.PathLike, epochs: int) -> int:
         if e < epochs and e not in seen:
             kept.append(r)
             seen.add(e)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    with open(tmp, "w", newline="") as f:
+    from cxr_tf.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(kept)
-    os.replace(tmp, path)
     return len(kept)
 
 

@@ -64,11 +64,9 @@ class RunDir:
         return (self.path / "metrics.json").exists()
 
     def write_json(self, name: str, obj) -> Path:
-        p = self.path / name
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, p)
-        return p
+        from cxr_tf.io.atomic import write_json_atomic
+
+        return write_json_atomic(self.path / name, obj, indent=2, default=str)
 
 
 def _timestamp() -> str:

@@ -307,11 +307,11 @@ def test_freeze_depth_counts_and_gaps_through_pneumonia_freeze(tmp_path):
     argv = ["--compare-freeze", "114,144", "--smoke", "--allow-random-frozen", "--weights", "none",
             "--epochs", "1", "--synthetic-n", "40", "--runs-dir", str(tmp_path / "runs")]
     assert pneumonia_freeze.main(argv) == 0
-    run = _only_run(tmp_path / "runs" / "freeze_depth")
+    run = _only_run(tmp_path / "runs" / "pneumonia_freeze")  # this command's run, through training.sweep
     t = pd.read_csv(run / "freeze_depth.csv").set_index("freeze_until")
     assert t.loc[114, "trainable"] - t.loc[144, "trainable"] == 3_618_560
     assert t.loc[144, "trainable"] == 15_009_027  # conv5 (minus its first conv) + the extra-FC head
     gaps = pd.read_csv(run / "gaps_per_epoch.csv")
-    assert set(gaps["cell"]) == {"f114_lr1e-03", "f144_lr1e-03"}
+    assert set(gaps["cell"]) == {"f114_lr1e-04", "f144_lr1e-04"}  # this command's --lr
     assert np.allclose(gaps["gap_auc"], gaps["train_auc"] - gaps["val_auc"])
     assert (run / "plots" / "learning_curves.png").stat().st_size > 5000

@@ -89,7 +89,7 @@ def _test_items(kermany_dir, n_per_class=12):
 
 
 def test_embedded_preset_predicts_its_held_out_real_images(no_cache, kermany_dir, tmp_path, data_dir):
-    from cxr_tf.predict import main as predict_main
+    from cxr_tf.cli.predict import main as predict_main
 
     items = _test_items(kermany_dir)
     dicoms = sorted((data_dir / "dicom").glob("*.dcm"))

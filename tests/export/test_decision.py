@@ -154,7 +154,7 @@ def test_describe_export_is_readable(tmp_path):
 @pytest.mark.slow
 def test_served_decision_equals_evaluate_rule_on_real_images(kermany_subset, tmp_path):
     """Real JPEGs through serving_default: its class_index is evaluate's thresholded prediction."""
-    from cxr_tf.evaluate import evaluate_exported
+    from cxr_tf.cli.evaluate import evaluate_exported
     from cxr_tf.explain import load_images
     from cxr_tf.models import build_model
 

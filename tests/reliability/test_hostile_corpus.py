@@ -277,7 +277,7 @@ def test_training_raise_names_the_file_and_cause(clean, name, tmp_path, capsys):
 
 
 def test_evaluate_skip_and_raise(tiny_export, corpus, tmp_path, capsys):
-    from cxr_tf import evaluate
+    from cxr_tf.cli import evaluate
 
     root, good, bad, cache = corpus
     model_path, _ = tiny_export
@@ -355,7 +355,7 @@ def test_evaluate_names_the_file_a_served_batch_refuses(tmp_path):
     """Last resort behind validation: a batch the signature refuses is retried file by file,
     so the error names the file, not "an image among items 0..31"."""
     from cxr_tf.errors import CXRImageError
-    from cxr_tf.evaluate import _predict_files
+    from cxr_tf.cli.evaluate import _predict_files
 
     files = []
     for i in range(4):

@@ -1,7 +1,7 @@
 """A hostile input corpus through the real entry points.
 
 Reader-level cases (every decoder, random and mutated bytes) are in tests/io; this file
-checks what a user sees: ``pneumonia_freeze.main`` and ``cxr_tf.evaluate.main`` return 2
+checks what a user sees: ``pneumonia_freeze.main`` and ``cxr_tf.cli.evaluate.main`` return 2
 and print ``cxr_tf: error: <path>: <cause>`` (no traceback), and ``--on-error skip``
 finishes with every bad file listed in ``skipped.csv``.
 
@@ -189,7 +189,7 @@ def test_npz_with_nan_or_inf_is_named(tmp_path, capsys, bad):
 
 
 def test_evaluate_entry_point(tiny_export, folder, tmp_path, capsys, monkeypatch):
-    from cxr_tf import evaluate
+    from cxr_tf.cli import evaluate
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the DICOM decode cache (~/.cache) stays in tmp
 

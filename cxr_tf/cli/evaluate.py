@@ -1,4 +1,4 @@
-"""Score an exported model on any dataset folder: ``python -m cxr_tf.evaluate``.
+"""Score an exported model on any dataset folder: ``python -m cxr_tf.cli.evaluate``.
 
 This is how results on data the project never saw are measured: the model is the
 SavedModel exactly as TF Serving would load it, images go through its
@@ -7,12 +7,13 @@ SavedModel exactly as TF Serving would load it, images go through its
 
 Example::
 
-    python -m cxr_tf.evaluate --model saved_models/pneumonia_3class_resnet50/1 \\
+    python -m cxr_tf.cli.evaluate --model saved_models/pneumonia_3class_resnet50/1 \\
         --data-dir $CXR_DATA_DIR/kermany224 --format kermany --out runs/eval_kermany
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import datetime as _dt
 import os
 import sys
@@ -21,51 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_tf.datasets.relabel import load_for_model
 from cxr_tf.errors import CXRDatasetError, run_main
 
 
-def _match_classes(ds, model_classes: list[str], source=None):
-    """Relabel the dataset's classes onto the model's (case-insensitive names)."""
-    lower = {c.lower(): c for c in model_classes}
-    mapping, unknown = {}, []
-    for c in ds.class_names:
-        key = c.lower()
-        if key in lower:
-            mapping[c] = lower[key]
-        else:
-            unknown.append(c)
-    if unknown:
-        raise CXRDatasetError(
-            source, f"dataset classes {unknown} are not among the model's classes {model_classes}; "
-            "rename the folders/labels or evaluate a model trained on these classes")
-    return ds.select_classes(mapping, model_classes)
-
-
-def load_for_model(data_dir: str, fmt: str, model_classes: list[str], on_error: str = "raise"):
-    from cxr_tf.datasets import KERMANY_3CLASS, KERMANY_PNEUMONIA, detect_format, load_dataset
-
-    fmt = detect_format(data_dir) if fmt == "auto" else fmt
-    kwargs = {}
-    if fmt == "kermany":
-        if [c.lower() for c in model_classes] == KERMANY_3CLASS:
-            kwargs["classes"] = "3class"
-        elif [c.lower() for c in model_classes] == KERMANY_PNEUMONIA:
-            kwargs["classes"] = "pneumonia"
-        else:
-            raise CXRDatasetError(data_dir, f"Kermany data has no classes matching the model's {model_classes}")
-        kwargs["on_error"] = on_error
-    elif fmt in ("folder", "csv"):
-        kwargs["on_error"] = on_error  # links out of the data root: per-item errors
-    elif fmt == "npz":
-        kwargs["class_names"] = None
-    ds = load_dataset(data_dir, fmt, **kwargs)
-    if fmt == "npz" and len(ds.class_names) == len(model_classes) and all(c.isdigit() for c in ds.class_names):
-        ds.class_names = list(model_classes)  # unnamed MedMNIST columns follow the model's order
-    listed_skipped = list(getattr(ds, "skipped", None) or [])
-    ds = _match_classes(ds, model_classes, data_dir)
-    ds.skipped = listed_skipped  # entries the loader dropped stay in the skip list
-    return ds
-
+logger = logging.getLogger("cxr_tf.cli")
 
 def _training_data_name(model) -> str | None:
     """The folder name of the data an export was trained on (from its portable metadata)."""
@@ -143,14 +104,14 @@ def evaluate_exported(model_path, data_dir: str, fmt: str = "auto", out: str | N
     cache_dir = cache_dir or default_cache_dir()
     # Files the graph cannot decode as they are (DICOM, TIFF, BMP, ...) are converted
     # once into this folder: say where, so nothing lands under ~/.cache unannounced.
-    print(f"[cxr_tf] decode cache for files the model cannot read directly: {cache_dir}")
+    logger.info(f"decode cache for files the model cannot read directly: {cache_dir}")
     ds, skipped = prepare_items(ds, cache_dir=cache_dir, on_error=on_error)
     if len(ds) == 0:
         raise CXRDatasetError(data_dir, "no usable images to evaluate")
     prob, unc = _predict(models, ds, batch_size, max(1, int(tta)), seed)
     threshold, class_thresholds, source = operating_point(models, threshold, operating_points)
     if class_thresholds is not None:
-        print(f"[cxr_tf] deciding by per-class thresholds ({source}), the served graph's rule: "
+        logger.info(f"deciding by per-class thresholds ({source}), the served graph's rule: "
               + ", ".join(f"{c} {'-' if t is None else f'{t:.4g}'}" for c, t in zip(model.class_names,
                                                                                     class_thresholds)))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -185,7 +146,7 @@ def evaluate_exported(model_path, data_dir: str, fmt: str = "auto", out: str | N
         table.to_csv(os.path.join(out, "predictions.csv"), index=False, encoding="utf-8", errors="surrogateescape")
         metrics["uncertainty"] = {"members": unc["n_members"], "mean_entropy": float(unc["entropy"].mean()),
                                   "mean_mutual_information": float(unc["mutual_information"].mean())}
-    print(f"[cxr_tf] evaluated {len(ds)} images in {time.time() - t0:.0f}s: accuracy "
+    logger.info(f"evaluated {len(ds)} images in {time.time() - t0:.0f}s: accuracy "
           f"{metrics['accuracy']['value']:.3f}, macro AUC {metrics['macro_auc']['value'] or float('nan'):.3f}; "
           f"report {os.path.join(out, 'report.md')}")
     return metrics
@@ -295,7 +256,7 @@ def evaluate_sites(model_path, data_dirs, fmt: str = "auto", out: str | None = N
           "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     md += ["| " + " | ".join(str(r[c]) for c in shown) + " |" for r in rows]
     Path(out, "sites.md").write_text("\n".join(md) + "\n")
-    print("[cxr_tf] " + Path(out, "sites.md").read_text())
+    logger.info(Path(out, "sites.md").read_text())
     return table
 
 
@@ -348,7 +309,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a) -> None:
-    """``cxr-tf evaluate`` / ``python -m cxr_tf.evaluate`` with parsed arguments."""
+    """``cxr-tf evaluate`` / ``python -m cxr_tf.cli.evaluate`` with parsed arguments."""
     models = a.model if len(a.model) > 1 else a.model[0]
     kw = dict(threshold=a.threshold, on_error=a.on_error, batch_size=a.batch_size, splits=a.splits,
               split_name=a.split_name, cache_dir=a.cache_dir, tta=a.tta, seed=a.seed,
@@ -361,7 +322,7 @@ def run(a) -> None:
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    p = argparse.ArgumentParser(prog="python -m cxr_tf.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cxr_tf.cli.evaluate", description=__doc__.split("\n")[0])
     add_arguments(p)
     a = p.parse_args(argv)
     return run_main(run, a)

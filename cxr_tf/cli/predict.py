@@ -22,6 +22,7 @@ threshold.
 from __future__ import annotations
 
 import argparse
+import logging
 import dataclasses
 import json
 import os
@@ -49,6 +50,8 @@ class Predictor:
     thresholds: dict  # class name -> threshold, from the model's own metadata
     predict: Callable[[list], np.ndarray]  # list of (H, W) float arrays -> (N, C) probabilities
 
+
+logger = logging.getLogger("cxr_tf.cli")
 
 def graph_preprocessor(image_size: int):
     """``prepare_float_batch`` traced once with unknown height and width (one graph for
@@ -275,15 +278,15 @@ def predict_files(model, inputs, out: str = "predictions.csv", threshold: float 
         skip_path.unlink()  # a stale list from an earlier run would mislead
     if not rows:
         raise CXRConfigError(f"none of the {len(files)} files could be read (causes in {skip_path})")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, out_path)
+    from cxr_tf.io.atomic import atomic_path
+
+    with atomic_path(out_path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
     summary = {"model": pred.description, "images": len(rows), "skipped": len(skipped), "out": str(out_path),
                "skip_list": str(skip_path) if skipped else None, "thresholds": thresholds,
                "threshold_source": source, "seconds": round(time.time() - t0, 1)}
     if verbose:
-        print(f"[cxr_tf] {pred.description}: {len(rows)} images -> {out_path}"
+        logger.info(f"{pred.description}: {len(rows)} images -> {out_path}"
               + (f"; {len(skipped)} skipped -> {skip_path}" if skipped else "")
               + (f"; thresholds {thresholds} ({source})" if len(pred.class_names) == 2 or pred.multilabel else ""))
     return summary
@@ -315,7 +318,7 @@ def run(a) -> dict:
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    p = argparse.ArgumentParser(prog="python -m cxr_tf.predict", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cxr_tf.cli.predict", description=__doc__.split("\n")[0])
     add_arguments(p)
     return run_main(run, p.parse_args(argv))
 

@@ -10,7 +10,7 @@
                                               (--raw: saved_model_cli show --all)
     cxr-tf export --model RUN_DIR|saved_models/NAME/VERSION|preset:NAME --format savedmodel|onnx|tflite [--quantize ...]
     cxr-tf info                               backbones, policies, experiments
-    cxr-tf presets list | show NAME | save --run RUN --name NAME   pretrained presets (cxr_tf.preset_command)
+    cxr-tf presets list | show NAME | save --run RUN --name NAME   pretrained presets (cxr_tf.cli.preset)
     cxr-tf predict --model preset:NAME|saved_models/NAME/VERSION|RUN IMAGES_OR_DIR --out predictions.csv
     cxr-tf judge serve|add-rater|export ...   rater app for the perceptual test set (cxr_tf.judge.cli)
 """
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     # add_help=False: ``train EXPERIMENT --help`` belongs to the experiment's own parser
     t = sub.add_parser("train", help="run an experiment (cxr-tf train --help lists them)", add_help=False)
     t.add_argument("experiment", nargs="?")
-    from cxr_tf import evaluate as ev
+    from cxr_tf.cli import evaluate as ev
 
     ev.add_arguments(sub.add_parser("evaluate", help="score an exported model on a dataset"))
     g = sub.add_parser("augment-grid", help="write a PNG grid of augmented images")
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     from cxr_tf.judge import cli as judge_cli
 
     judge_cli.add_arguments(sub.add_parser("judge", help="rater app: serve, add-rater, export (needs the judge extra)"))
-    from cxr_tf import predict as predict_cmd, preset_command
+    from cxr_tf.cli import predict as predict_cmd, preset as preset_command
 
     preset_command.add_arguments(sub.add_parser("presets", help="list, show or save pretrained presets"))
     predict_cmd.add_arguments(sub.add_parser("predict", help="probabilities and decisions for unlabelled images"))
@@ -197,7 +197,7 @@ def _augment_grid(a) -> None:
 
 def _distortion_grid(a) -> None:
     from cxr_tf.distortions.grid import distortion_grid
-    from cxr_tf.experiments.perceptual_testset import _to_unit
+    from cxr_tf.perceptual.testset import _to_unit
     from cxr_tf.io import read_image
 
     img = _to_unit(read_image(a.image), a.image_size)
