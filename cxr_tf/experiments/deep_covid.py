@@ -301,10 +301,12 @@ def run(cfg: DeepCovidConfig) -> dict:
                 trunk_info = json.loads(trunk_done.read_text())
                 common.log(f"{name}: trunk pretrained before, reusing {weights}")
             else:
-                trunk_info = pretrain_trunk(cfg, name, held_out, weights, common.log, run=sweep.CellRun(
-                    run_dir, f"{name}/pretrain"), strategy=strategy, sub=f"{sub}/pretrain")
+                pre = sweep.CellRun(run_dir, f"{name}/pretrain")
+                trunk_info = pretrain_trunk(cfg, name, held_out, weights, common.log, run=pre, strategy=strategy,
+                                            sub=f"{sub}/pretrain")
                 if chief:
-                    run_dir.write_json(f"trunks/{name}.json", trunk_info)
+                    run_dir.write_json(f"trunks/{name}.json", trunk_info)  # the commit point: trunk saved
+                    common.finish_run(pre)
         elif cfg.trunk == "none":
             weights = None
             common.log(f"warning: {name} with a random frozen trunk: only the last layer learns")
