@@ -29,6 +29,11 @@ one collection), ``duplicates.csv/.png/.json`` (the near-duplicate audit of the 
 grid, whether it resolves the border, and its cost) and TensorBoard logs with CAM overlays.
 Seed 000 explains with Score-CAM, so that is the default ``--cam-method``.
 
+Resume and multi-worker: re-running the same command (or ``--run-dir DIR``) reuses finished
+models and resumes an interrupted one from its last committed epoch; ``--strategy
+multi_worker`` (TF_CONFIG, ``--run-dir`` on every worker) trains every model on all workers,
+the chief alone evaluates, explains and writes the tables.
+
 Result (experiments/results/covid_ssl_compare.md, re-run 2026-12-04 on the 2-core AMD EPYC VM):
 64 px, 607 images per class, 8 epochs, batch 16, lr 1e-3, every model from random init but
 the SSL encoder (pretrained on 1,000 NIH images): averaged accuracy SSL UNet+CBAM encoder

@@ -26,12 +26,20 @@ Commands::
     python -m cxr_tf.experiments.deep_covid --image-size 64 --models resnet18,squeezenet
     python -m cxr_tf.experiments.deep_covid --smoke                               # tiny, for tests
 
-Writes ``runs/deep_covid/<UTC>/``: splits, ``source_mix.csv``, ``trunks/``, per model
+Writes ``runs/deep_covid/<UTC>/``: splits, ``source_mix.csv``, ``trunks/`` (with
+``<model>.json``, the pretraining's record), ``cells/<model>/`` (the head's history.csv,
+best checkpoint, resume backup, ``result.json`` once evaluated; ``pretrain/``: the trunk
+pretraining's history and backup), per model
 ``<model>/threshold_sweep.csv`` and histograms, ``plots/roc_all.png`` and ``plots/pr_all.png``
 (all models on one plot), ``deep_covid.md`` (sweep table with normal and Wilson CIs),
 ``cam_border.csv``, ``speedup.json``, TensorBoard CAM overlays, and exports
 ``saved_models/deep_covid_<model>/<version>/`` with the Keras model in ``assets.extra``
 (for ``cxr-tf explain``).
+
+Resume and multi-worker: re-running the same command (or ``--run-dir DIR``) reuses finished
+models and resumes an interrupted training from its last committed epoch; ``--strategy
+multi_worker`` (TF_CONFIG, ``--run-dir`` on every worker) pretrains each trunk on all
+workers, the chief alone trains the heads on cached features, evaluates and exports.
 
 Result (experiments/results/deep_covid.md; 2-core AMD EPYC VM, one core, 12 min 44 s):
 ``--image-size 64 --n-non-covid 2000 --pretrain-images 2000 --pretrain-epochs 3
