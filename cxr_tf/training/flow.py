@@ -261,8 +261,8 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = Tr
     cbs += list(extra_callbacks) + backup  # the backup commits an epoch last
     cw = class_weights(train_ds) if cfg.balance == "class_weight" else None
     t = time.time()
-    hist = model.fit(train_data, validation_data=None if val is None else val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
-                     callbacks=cbs, class_weight=cw, shuffle=False,
+    hist = model.fit(train_data, validation_data=None if val is None else val.dataset, epochs=cfg.epochs,
+                     steps_per_epoch=train.steps, callbacks=cbs, class_weight=cw, shuffle=False,
                      verbose=2 if logger.isEnabledFor(logging.INFO) else 0)  # --quiet: no epoch lines
     # The whole run's per-epoch log, including epochs done before a restart.
     history = resume.read_history_csv(run / "history.csv") or hist.history
