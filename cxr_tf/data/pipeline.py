@@ -118,6 +118,15 @@ def image_dataset(ds: CXRDataset, image_size: int) -> tf.data.Dataset:
     return d.map(lambda p, y: (prepare_image(tf.io.read_file(p), image_size), y), num_parallel_calls=AUTOTUNE)
 
 
+def as_arrays(ds: CXRDataset, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded, preprocessed images ``(N, S, S, 1)`` and one-hot labels, in item order."""
+    xs, ys = [], []
+    for x, y in image_dataset(ds, image_size).batch(256):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
 def _cache_fits(ds: CXRDataset, image_size: int, limit_bytes: float) -> bool:
     return len(ds) * image_size * image_size * CHANNELS * 4 <= limit_bytes
 

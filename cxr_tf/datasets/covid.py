@@ -27,6 +27,7 @@ patient id of its twin, so a radiograph and its copy always land in the same spl
 from __future__ import annotations
 
 import os
+import logging
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -37,6 +38,8 @@ import pandas as pd
 from cxr_tf.datasets.contract import CXRDataset, concat
 from cxr_tf.datasets.sources import load_kermany
 from cxr_tf.errors import CXRDatasetError
+
+_log = logging.getLogger("cxr_tf.datasets")
 
 COVID_3CLASS = ["normal", "pneumonia", "covid"]
 COVID_BINARY = ["non_covid", "covid"]
@@ -184,6 +187,25 @@ def load_covid_dataset(
         ds = ds.select_classes({"normal": "non_covid", "pneumonia": "non_covid", "covid": "covid"}, COVID_BINARY)
         ds.name = "covid_binary"
     ds.n_cross_source_duplicates = n_dup
+    return ds
+
+
+def load_covid_experiment_data(cfg, binary: bool = False, ieee_all_findings: bool = False) -> CXRDataset:
+    """The COVID experiments' data from their config: ``cfg.data_dir`` (required),
+    ``cfg.per_class`` (when the config has it), ``cfg.seed``; the loader's warnings are
+    logged as ``warning: ...`` lines. ``--max-images`` / ``--fraction`` are the caller's
+    (``cxr_tf.training.flow.take_subset``)."""
+    from cxr_tf.errors import CXRConfigError
+
+    if not cfg.data_dir:
+        raise CXRConfigError("--data-dir (or CXR_DATA_DIR) must point to the folder with covid_ieee8023/, "
+                             "covid19_radiography/ and kermany224/")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_covid_dataset(cfg.data_dir, per_class=getattr(cfg, "per_class", None) or None, seed=cfg.seed,
+                                binary=binary, ieee_all_findings=ieee_all_findings)
+    for w in caught:
+        _log.info(f"warning: {w.message}")
     return ds
 
 

@@ -11,11 +11,29 @@ Pure numpy / scikit-learn: no TensorFlow import.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from .ci import bootstrap_ci
+
+logger = logging.getLogger("cxr_tf.evaluation")
+
+
+def report_source_mix(ds, split, run) -> list[str]:
+    """Log and save (``<run>/source_mix.csv``) the source mix per class and split; return
+    the shortcut warnings (also logged)."""
+    from cxr_tf.datasets import format_source_mix, shortcut_warnings, source_mix
+
+    table = source_mix(ds, split)
+    table.to_csv(run / "source_mix.csv", index=False)
+    logger.info("source mix per class and split:\n" + format_source_mix(table))
+    warns = shortcut_warnings(table)
+    for w in warns:
+        logger.info("WARNING " + w)
+    return warns
 
 
 def within_source_auc(y_true_binary, score, sources, min_per_class: int = 10, n_boot: int = 1000,

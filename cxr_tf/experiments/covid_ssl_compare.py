@@ -21,12 +21,18 @@ Commands::
     python -m cxr_tf.experiments.covid_ssl_compare --smoke --data-dir $CXR_DATA_DIR  # tiny, for tests
 
 Writes ``runs/covid_ssl_compare/<UTC>/``: config, splits, ``source_mix.csv`` (the
-shortcut table), per-model ``<model>/metrics.json`` and plots, ``comparison.md`` /
+shortcut table), per-model ``<model>/metrics.json``, history.csv and plots, ``cells/<model>/`` (each model's
+training: checkpoints, resume backup, ``result.json`` once evaluated), ``comparison.md`` /
 ``comparison.csv`` (the seed-000 table), ``within_source.csv`` (COVID vs the rest inside
 one collection), ``duplicates.csv/.png/.json`` (the near-duplicate audit of the split),
 ``cam_border.csv`` (Score-CAM border-band share per model over test images, with the CAM
 grid, whether it resolves the border, and its cost) and TensorBoard logs with CAM overlays.
 Seed 000 explains with Score-CAM, so that is the default ``--cam-method``.
+
+Resume and multi-worker: re-running the same command (or ``--run-dir DIR``) reuses finished
+models and resumes an interrupted one from its last committed epoch; ``--strategy
+multi_worker`` (TF_CONFIG, ``--run-dir`` on every worker) trains every model on all workers,
+the chief alone evaluates, explains and writes the tables.
 
 Result (experiments/results/covid_ssl_compare.md, re-run 2026-12-04 on the 2-core AMD EPYC VM):
 64 px, 607 images per class, 8 epochs, batch 16, lr 1e-3, every model from random init but
@@ -70,6 +76,8 @@ class CovidCompareConfig(TrainConfig):
     bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
     augment: str = "light"
     epochs: int = 20
+    # every model gets the whole budget (as before the shared trainer, which stops early by default)
+    early_stopping: int = opt(0, "stop after this many epochs without validation improvement (0: off)")
     cam_images: int = opt(32, "test images for the CAM border check and TensorBoard overlays; Score-CAM costs "
                               "32 masked forward passes per image (Faster Score-CAM, max_N=32), so lower this "
                               "for the big zoo models at large sizes (cam_seconds in cam_border.csv says what "
@@ -172,100 +180,33 @@ def comparison_markdown(results: dict[str, dict], class_names: list[str]) -> str
     return "\n".join(lines)
 
 
-def load_data(cfg, binary: bool = False, ieee_all_findings: bool = False):
-    from cxr_tf.datasets import load_covid_dataset
-    from cxr_tf.errors import CXRConfigError
-
-    if not cfg.data_dir:
-        raise CXRConfigError("--data-dir (or CXR_DATA_DIR) must point to the folder with covid_ieee8023/, "
-                             "covid19_radiography/ and kermany224/")
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ds = load_covid_dataset(cfg.data_dir, per_class=getattr(cfg, "per_class", None) or None, seed=cfg.seed,
-                                binary=binary, ieee_all_findings=ieee_all_findings)
-    from cxr_tf.training.flow import log
-
-    for w in caught:
-        log(f"warning: {w.message}")
-    from cxr_tf.training.flow import take_subset
-
-    return take_subset(cfg, ds)  # --max-images / --fraction: whole patients, stratified
-
-
-def report_source_mix(ds, split, run) -> list[str]:
-    """Print and save the source mix per class and split; return the shortcut warnings."""
-    from cxr_tf.datasets import format_source_mix, shortcut_warnings, source_mix
-    from cxr_tf.training.flow import log
-
-    table = source_mix(ds, split)
-    table.to_csv(run / "source_mix.csv", index=False)
-    log("source mix per class and split:\n" + format_source_mix(table))
-    warns = shortcut_warnings(table)
-    for w in warns:
-        log("WARNING " + w)
-    return warns
-
-
-def as_arrays(ds, image_size: int):
-    """Decoded, preprocessed images ``(N, S, S, 1)`` and one-hot labels, in item order."""
-    from cxr_tf.data import image_dataset
-
-    xs, ys = [], []
-    for x, y in image_dataset(ds, image_size).batch(256):
-        xs.append(x.numpy())
-        ys.append(y.numpy())
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def cam_sample(labels, n: int) -> np.ndarray:
-    """Up to ``n`` test indices for the CAM check, as even over the classes as they allow
-    and spread evenly through each class (the split lists items by source, so the first
-    ``n`` would all be one class from one collection)."""
-    labels = np.asarray(labels)
-    per = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
-    take = dict.fromkeys(per, 0)
-    for _ in range(min(n, len(labels))):  # one more from the class with the fewest taken that has any left
-        c = min((c for c in per if take[c] < len(per[c])), key=lambda c: (take[c], c))
-        take[c] += 1
-    picks = [idx[np.linspace(0, len(idx) - 1, take[c]).round().astype(int)] for c, idx in per.items() if take[c]]
-    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, int)
-
-
-def cam_check(model, images, run, name: str, method: str, step: int = 0) -> dict:
-    """Border-band share of CAM mass over ``images`` + an overlay grid in TensorBoard
-    (``cam_seconds``: what the maps cost)."""
-    from cxr_tf.explain import border_report, log_overlays_to_tensorboard
-
-    t = time.time()
-    summary, cams = border_report(model, images, method=method)
-    summary["cam_seconds"] = round(time.time() - t, 1)
-    show = np.linspace(0, len(images) - 1, min(16, len(images))).round().astype(int)  # spread over the classes
-    log_overlays_to_tensorboard(run.tensorboard / name, images[show], cams[show], tag=f"{method}_test_overlays",
-                                step=step, description=f"{method} on {summary['layer']}, test images")
-    from PIL import Image
-
-    from cxr_tf.explain.overlay import overlay_grid
-
-    grid = Image.fromarray(overlay_grid(images[show], cams[show]))  # the same grid as a file, 3x for viewing
-    (run / name).mkdir(exist_ok=True)
-    grid.resize((grid.width * 3, grid.height * 3), Image.NEAREST).save(run / name / f"{method}_overlays.png")
-    return summary
-
-
 def run(cfg: CovidCompareConfig) -> dict:
+    """Train, evaluate and explain every model; write the comparison.
+
+    Each model is one resumable training in ``cells/<model>/`` (history.csv, best
+    checkpoint, resume backup, ``result.json`` once evaluated), trained by the shared
+    trainer (:func:`cxr_tf.training.flow.fit`; the multi-worker loop under ``--strategy
+    multi_worker``). Re-running the same command reopens the run folder (or give
+    ``--run-dir``): finished models are reused, an interrupted one resumes from its last
+    committed epoch. Multi-worker: every worker trains every model; only the chief
+    evaluates and writes the per-model files and the comparison.
+    """
     from cxr_tf.training import flow as common
+    from cxr_tf.training import sweep
 
     t0 = time.time()
     strategy = common.setup_runtime(cfg)
+    import shutil
+
     import keras
     import pandas as pd
 
-    from cxr_tf.data import build_pipeline
+    from cxr_tf.data import as_arrays, build_pipeline
+    from cxr_tf.datasets.covid import load_covid_experiment_data
     from cxr_tf.evaluation import evaluate_predictions
-    from cxr_tf.evaluation.shortcuts import lead_figure, within_source_auc
+    from cxr_tf.evaluation.shortcuts import lead_figure, report_source_mix, within_source_auc
     from cxr_tf.evaluation.shortcuts import markdown as within_markdown
+    from cxr_tf.explain import cam_check, cam_sample
     from cxr_tf.models import build_model
     from cxr_tf.training.loop import compile_classifier
     from cxr_tf.training.run import create_run_dir
@@ -281,9 +222,12 @@ def run(cfg: CovidCompareConfig) -> dict:
     if SSL_BACKBONE in names and SSL_BACKBONE not in init:
         common.log(f"warning: {SSL_BACKBONE} has no --init {SSL_BACKBONE}=ssl:DIR, so it trains from random "
                    "weights (the row is then not the seed's SSL-pretrained model)")
-    run_dir = create_run_dir(cfg)
-    common.log(f"run folder: {run_dir}; models: {names}")
-    ds = load_data(cfg)
+    run_dir = create_run_dir(cfg, reuse=True)  # the same command reopens the run: finished models are reused
+    chief = common.is_chief(cfg)
+    common.log(f"run folder: {run_dir}; models: {names}"
+               + (" (reopened: same config as before; finished models are reused, an interrupted one resumes)"
+                  if run_dir.reused else ""))
+    ds = common.take_subset(cfg, load_covid_experiment_data(cfg))  # --max-images / --fraction: whole patients
     common.log(ds.summary())
     ds = common.check_items(cfg, ds, run_dir)
     split = common.make_split(cfg, ds, run_dir)
@@ -292,13 +236,28 @@ def run(cfg: CovidCompareConfig) -> dict:
     val = build_pipeline(val_ds, cfg.image_size, cfg.batch_size, training=False)
     test = build_pipeline(test_ds, cfg.image_size, cfg.batch_size, training=False)
     cam_idx = cam_sample(test_ds.class_index(), cfg.cam_images)
-    x_cam = as_arrays(test_ds.subset(cam_idx), cfg.image_size)[0]
     cam_classes = ", ".join(f"{c} {n}" for c, n in zip(ds.class_names, np.bincount(
         test_ds.class_index()[cam_idx], minlength=ds.num_classes)))
-    common.log(f"CAM border check on {len(cam_idx)} test images ({cam_classes})")
+    if chief:  # multi-worker: the chief explains, the others only train
+        x_cam = as_arrays(test_ds.subset(cam_idx), cfg.image_size)[0]
+        common.log(f"CAM border check on {len(cam_idx)} test images ({cam_classes})")
 
     results, rows, cam_rows, timing, within_tables = {}, [], [], {}, []
     for name in names:
+        sub = f"cells/{name}"
+        done = sweep.chief_path(cfg, run_dir, sub) / "result.json"  # every worker skips the same models
+        if done.is_file():
+            if chief:
+                r = json.loads(done.read_text())
+                results[name], timing[name] = r["metrics"], r["timing"]
+                ws = pd.DataFrame(r["within_source"])
+                cam = r["cam"]
+                within_tables.append(ws)
+                rows += per_class_rows(name, results[name])
+                cam_rows.append({"model": name, **cam, "classes": cam_classes})
+            common.log(f"{name}: finished before, reusing {done}")
+            continue
+        cell = sweep.CellRun(run_dir, name)  # logs to tensorboard/<name>, as before
         keras.utils.set_random_seed(cfg.seed)  # same init stream and batches for every model
         train = common.train_pipeline(cfg, train_ds)
         weights = init.get(name) or (None if cfg.weights == "none" or name not in ZOO[:4] else cfg.weights)
@@ -307,19 +266,19 @@ def run(cfg: CovidCompareConfig) -> dict:
                                 dropout=cfg.dropout, freeze_until=cfg.freeze_until, class_names=ds.class_names,
                                 weights=weights, bn_momentum=cfg.bn_momentum)
             compile_classifier(model, cfg.optimizer_config(), train.steps, cfg.epochs, cfg.label_smoothing)
+        cell.write_json("config.json", {**cfg.to_dict(), "model": name, "model_weights": weights or "random"})
+        history, fit_s = common.fit(sweep.worker_config(cfg, sub), model, train_ds, (train, val, test), cell,
+                                    loggers=False)
+        if not chief:
+            common.log(f"{name}: training done; the chief evaluates and reports")
+            del model
+            keras.backend.clear_session()
+            continue
+        common.restore_best(model, cell)
         out = run_dir / name
         out.mkdir(exist_ok=True)
-        best = str(run_dir.checkpoints / f"{name}.weights.h5")
-        from cxr_tf.training.resume import AtomicModelCheckpoint, load_model_weights
-
-        cbs = [AtomicModelCheckpoint(best, monitor="val_auc", mode="max", save_best_only=True),
-               keras.callbacks.TensorBoard(str(run_dir.tensorboard / name)),
-               keras.callbacks.CSVLogger(str(out / "history.csv"))]
-        t = time.time()
-        model.fit(train.dataset, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
-                  callbacks=cbs, verbose=2)
-        fit_s = time.time() - t
-        load_model_weights(model, best)
+        if (cell / "history.csv").is_file():  # the per-epoch log beside the model's metrics, as before
+            shutil.copy(cell / "history.csv", out / "history.csv")
         prob = np.asarray(model.predict(test.dataset, verbose=0))
         m = evaluate_predictions(test_ds.class_index(), prob, ds.class_names, str(out),
                                  title=f"{name}: test split", config=cfg.to_dict(),
@@ -338,12 +297,19 @@ def run(cfg: CovidCompareConfig) -> dict:
         cam_rows.append({"model": name, **cam, "classes": cam_classes})
         timing[name] = {"fit_seconds": round(fit_s, 1), "parameters": model.parameter_counts(),
                         "weights": weights or "random"}
+        cell.write_json("result.json", sweep.plain({"metrics": m, "within_source": ws.to_dict("records"), "cam": cam,
+                                              "timing": timing[name]}))  # the commit point: a finished model
+        common.finish_run(cell)
         common.log(f"{name}: averaged accuracy {m['averaged_accuracy']:.3f}, macro AUC "
                    f"{m['macro_auc']['value']:.3f}, fit {fit_s:.0f}s, CAM border share "
                    f"{cam['border_share_mean']:.2f} (uniform {cam['uniform']:.2f}; CAM grid {cam['cam_grid']}"
                    + ("" if cam["resolves_border"] else ": too coarse to separate border from centre") + ")")
         del model
         keras.backend.clear_session()
+
+    if not chief:
+        common.log("all models trained; the chief writes the comparison")
+        return {"models": names, "chief": False}
 
     table = comparison_markdown(results, ds.class_names)
     pd.DataFrame(rows).to_csv(run_dir / "comparison.csv", index=False)

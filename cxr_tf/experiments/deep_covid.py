@@ -26,12 +26,20 @@ Commands::
     python -m cxr_tf.experiments.deep_covid --image-size 64 --models resnet18,squeezenet
     python -m cxr_tf.experiments.deep_covid --smoke                               # tiny, for tests
 
-Writes ``runs/deep_covid/<UTC>/``: splits, ``source_mix.csv``, ``trunks/``, per model
+Writes ``runs/deep_covid/<UTC>/``: splits, ``source_mix.csv``, ``trunks/`` (with
+``<model>.json``, the pretraining's record), ``cells/<model>/`` (the head's history.csv,
+best checkpoint, resume backup, ``result.json`` once evaluated; ``pretrain/``: the trunk
+pretraining's history and backup), per model
 ``<model>/threshold_sweep.csv`` and histograms, ``plots/roc_all.png`` and ``plots/pr_all.png``
 (all models on one plot), ``deep_covid.md`` (sweep table with normal and Wilson CIs),
 ``cam_border.csv``, ``speedup.json``, TensorBoard CAM overlays, and exports
 ``saved_models/deep_covid_<model>/<version>/`` with the Keras model in ``assets.extra``
 (for ``cxr-tf explain``).
+
+Resume and multi-worker: re-running the same command (or ``--run-dir DIR``) reuses finished
+models and resumes an interrupted training from its last committed epoch; ``--strategy
+multi_worker`` (TF_CONFIG, ``--run-dir`` on every worker) pretrains each trunk on all
+workers, the chief alone trains the heads on cached features, evaluates and exports.
 
 Result (experiments/results/deep_covid.md; 2-core AMD EPYC VM, one core, 12 min 44 s):
 ``--image-size 64 --n-non-covid 2000 --pretrain-images 2000 --pretrain-epochs 3
@@ -106,15 +114,28 @@ def _draw(ds, n_per_class: dict, seed: int):
     return ds.subset(np.sort(np.concatenate(keep)))
 
 
-def pretrain_trunk(cfg, backbone: str, exclude_patients: set, path, log) -> dict:
-    """Train ``backbone`` briefly on Kermany pneumonia-vs-normal; save its trunk to ``path``."""
+def pretrain_trunk(cfg, backbone: str, exclude_patients: set, path, log, run=None, strategy=None,
+                   sub: str | None = None) -> dict:
+    """Train ``backbone`` briefly on Kermany pneumonia-vs-normal; save its trunk to ``path``.
+
+    Trained by the shared trainer (:func:`cxr_tf.training.flow.fit`, no validation, the last
+    epoch's weights kept): in ``run`` (a folder; default ``<path>.train/``) it keeps
+    history.csv and the resume backup, so a killed pretraining resumes from its last
+    committed epoch; under ``--strategy multi_worker`` (model built in ``strategy``'s scope,
+    ``sub``: the folder's path inside the run) the workers train it together and only the
+    chief saves the trunk.
+    """
     import keras
+    import tensorflow as tf
 
     from cxr_tf.data import build_pipeline
     from cxr_tf.datasets.covid import load_kermany_pneumonia_normal
     from cxr_tf.models import build_model
     from cxr_tf.models.weights import save_backbone_weights
+    from cxr_tf.training import flow as common
+    from cxr_tf.training import sweep
     from cxr_tf.training.loop import compile_classifier
+    from cxr_tf.training.run import RunDir
 
     k = load_kermany_pneumonia_normal(os.path.join(cfg.data_dir, "kermany224"))
     k = k.select_classes({"normal": "normal", "pneumonia": "pneumonia"}, ["normal", "pneumonia"])
@@ -123,20 +144,27 @@ def pretrain_trunk(cfg, backbone: str, exclude_patients: set, path, log) -> dict
     rng = np.random.default_rng(cfg.seed)
     k = k.subset(np.sort(rng.permutation(len(k))[: cfg.pretrain_images]))
     keras.utils.set_random_seed(cfg.seed)
-    pipe = build_pipeline(k, cfg.image_size, 32 if not cfg.smoke else 8, training=True, policy=cfg.augment,
+    batch = 32 if not cfg.smoke else 8
+    pipe = build_pipeline(k, cfg.image_size, batch, training=True, policy=cfg.augment,
                           balance="oversample", seed=cfg.seed)
-    model = build_model(backbone, num_classes=2, image_size=cfg.image_size, head="gap", freeze_until=0,
-                        bn_momentum=cfg.bn_momentum, class_names=k.class_names)
-    from cxr_tf.training.config import OptimizerConfig
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = build_model(backbone, num_classes=2, image_size=cfg.image_size, head="gap", freeze_until=0,
+                            bn_momentum=cfg.bn_momentum, class_names=k.class_names)
+        from cxr_tf.training.config import OptimizerConfig
 
-    compile_classifier(model, OptimizerConfig(lr=cfg.pretrain_lr), pipe.steps, cfg.pretrain_epochs)
-    t = time.time()
-    h = model.fit(pipe.dataset, epochs=cfg.pretrain_epochs, steps_per_epoch=pipe.steps, verbose=2)
-    save_backbone_weights(model, str(path))
-    info = {"images": len(k), "epochs": cfg.pretrain_epochs, "seconds": round(time.time() - t, 1),
-            "final_train_auc": float(h.history["auc"][-1]), "excluded_patients": len(exclude_patients)}
-    log(f"{backbone}: pretrained trunk on {len(k)} Kermany images in {info['seconds']}s "
-        f"(train AUC {info['final_train_auc']:.3f}) -> {path}")
+        compile_classifier(model, OptimizerConfig(lr=cfg.pretrain_lr), pipe.steps, cfg.pretrain_epochs)
+    run = run if run is not None else RunDir(f"{path}.train")
+    # the pretraining's own settings (no early stopping, the pipeline's oversampling, its batch)
+    pcfg = sweep.worker_config(cfg, sub or str(run), epochs=cfg.pretrain_epochs, batch_size=batch, early_stopping=0,
+                               balance="oversample")
+    history, seconds = common.fit(pcfg, model, k, (pipe, None, None), run, loggers=False, monitor="auc")
+    auc = history.get("auc") or [float("nan")]  # the multi-worker loop logs loss and accuracy only
+    info = {"images": len(k), "epochs": cfg.pretrain_epochs, "seconds": round(seconds, 1),
+            "final_train_auc": float(auc[-1]), "excluded_patients": len(exclude_patients)}
+    if common.is_chief(cfg):
+        save_backbone_weights(model, str(path))
+        log(f"{backbone}: pretrained trunk on {len(k)} Kermany images in {info['seconds']}s "
+            f"(train AUC {info['final_train_auc']:.3f}) -> {path}")
     return info
 
 
@@ -173,31 +201,54 @@ def sweep_markdown(sweeps: dict) -> str:
 
 
 def run(cfg: DeepCovidConfig) -> dict:
+    """Per model: trunk (pretrained here, or given), features, head, evaluation, export.
+
+    Each model is one resumable unit in ``cells/<model>/`` (the head's history.csv, best
+    checkpoint and resume backup; ``pretrain/`` with the trunk pretraining's; ``result.json``
+    once evaluated), trained by the shared trainer: the trunk pretraining by
+    :func:`cxr_tf.training.flow.fit`, the head on cached features with its resume
+    callbacks (:func:`cxr_tf.training.features.resumable_callbacks`). Re-running the same
+    command reopens the run folder (or give ``--run-dir``): finished models are reused, a
+    finished trunk pretraining is not repeated, an interrupted training resumes from its
+    last committed epoch. ``--strategy multi_worker``: the workers pretrain each trunk
+    together (the multi-worker loop); the head on cached in-memory features, the evaluation
+    and the export are the chief's alone (the head trains in seconds), the other workers
+    stop after the pretrainings.
+    """
     from cxr_tf.training import flow as common
-    from cxr_tf.experiments.covid_ssl_compare import as_arrays, cam_check, load_data, report_source_mix
+    from cxr_tf.training import sweep
 
     t0 = time.time()
-    common.setup_runtime(cfg)
+    strategy = common.setup_runtime(cfg)
     import keras
     import pandas as pd
 
+    from cxr_tf.data import as_arrays
+    from cxr_tf.datasets.covid import load_covid_experiment_data
     from cxr_tf.errors import CXRConfigError
     from cxr_tf.evaluation import (choose_threshold, classification_metrics, plot_pr, plot_probability_histograms,
                                    plot_roc, threshold_sweep)
-    from cxr_tf.evaluation.shortcuts import lead_figure, within_source_auc
+    from cxr_tf.evaluation.shortcuts import lead_figure, report_source_mix, within_source_auc
     from cxr_tf.evaluation.shortcuts import markdown as within_markdown
+    from cxr_tf.explain import cam_check
     from cxr_tf.models import build_model, list_backbones
     from cxr_tf.models.weights import RESOLVER_PREFIXES
+    from cxr_tf.training.features import resumable_callbacks
+    from cxr_tf.training.resume import load_model_weights
     from cxr_tf.training.run import create_run_dir
 
     names = [m.strip() for m in cfg.models.split(",") if m.strip()]
     bad = [m for m in names if m not in list_backbones()]
     if bad:
         raise CXRConfigError(f"--models: unknown backbones {bad}; registered: {list_backbones()}")
-    run_dir = create_run_dir(cfg)
-    common.log(f"run folder: {run_dir}; models: {names}; trunk: {cfg.trunk}")
+    run_dir = create_run_dir(cfg, reuse=True)  # the same command reopens the run: finished models are reused
+    chief = common.is_chief(cfg)
+    common.log(f"run folder: {run_dir}; models: {names}; trunk: {cfg.trunk}"
+               + (" (reopened: same config as before; finished models are reused, an interrupted one resumes)"
+                  if run_dir.reused else ""))
     # the balanced design also needs ieee8023's own non-COVID images (adult, same collection)
-    ds = load_data(cfg, binary=True, ieee_all_findings=cfg.balance_sources)
+    ds = load_covid_experiment_data(cfg, binary=True, ieee_all_findings=cfg.balance_sources)
+    ds = common.take_subset(cfg, ds)  # --max-images / --fraction: whole patients, stratified
     if cfg.balance_sources:
         from cxr_tf.datasets.covid import balance_sources
 
@@ -214,25 +265,56 @@ def run(cfg: DeepCovidConfig) -> dict:
     split = common.make_split(cfg, ds, run_dir)
     warns = report_source_mix(ds, split, run_dir)
     parts = {s: ds.subset(split == s) for s in ("train", "val", "test")}
-    arrays = {s: as_arrays(d, cfg.image_size) for s, d in parts.items()}
-    x_tr, y_tr = arrays["train"]
-    is_cov = y_tr[:, 1] == 1
-    x_cov = augmented_copies(x_tr[is_cov], cfg.covid_copies, cfg.augment, cfg.seed)
-    x_train = np.concatenate([x_tr[~is_cov], x_cov])
-    y_train = np.concatenate([y_tr[~is_cov], np.tile(y_tr[is_cov], (cfg.covid_copies, 1))])
-    common.log(f"train: {int((~is_cov).sum())} non-COVID + {int(is_cov.sum())} COVID x{cfg.covid_copies} "
-               f"= {len(x_train)} images; val {len(arrays['val'][0])}; test {len(arrays['test'][0])}")
     held_out = set(ds.patient_ids[split != "train"])
     (run_dir / "trunks").mkdir(exist_ok=True)
+    if chief:  # multi-worker: only the chief trains heads on cached features
+        arrays = {s: as_arrays(d, cfg.image_size) for s, d in parts.items()}
+        x_tr, y_tr = arrays["train"]
+        is_cov = y_tr[:, 1] == 1
+        x_cov = augmented_copies(x_tr[is_cov], cfg.covid_copies, cfg.augment, cfg.seed)
+        x_train = np.concatenate([x_tr[~is_cov], x_cov])
+        y_train = np.concatenate([y_tr[~is_cov], np.tile(y_tr[is_cov], (cfg.covid_copies, 1))])
+        common.log(f"train: {int((~is_cov).sum())} non-COVID + {int(is_cov.sum())} COVID x{cfg.covid_copies} "
+                   f"= {len(x_train)} images; val {len(arrays['val'][0])}; test {len(arrays['test'][0])}")
+    elif cfg.trunk != "pretrain":
+        common.log(f"--trunk {cfg.trunk}: nothing to train together; the chief trains the heads")
 
     sweeps, curves, rows, cam_rows, info, within_tables = {}, {}, [], [], {}, []
     speedup = None
     for k, name in enumerate(names):
+        sub = f"cells/{name}"
+        done = sweep.chief_path(cfg, run_dir, sub) / "result.json"  # every worker skips the same models
+        if done.is_file():
+            if chief:
+                r = json.loads(done.read_text())
+                rows.append(r["row"])
+                cam_rows.append(r["cam"])
+                ws = pd.DataFrame(r["within_source"])
+                within_tables.append(ws)
+                if r.get("export"):
+                    info[name] = r["export"]
+                speedup = r.get("speedup") or speedup
+                sweeps[name] = pd.read_csv(run_dir / name / "threshold_sweep.csv")
+                pred = np.load(sweep.CellRun(run_dir, name) / "test_predictions.npz")
+                curves[name] = (pred["y_true"] == 1, pred["y_prob"][:, 1])
+            common.log(f"{name}: finished before, reusing {done}")
+            continue
+        cell = sweep.CellRun(run_dir, name)
         keras.utils.set_random_seed(cfg.seed)
         trunk_info = {}
         if cfg.trunk == "pretrain":
             weights = str(run_dir / "trunks" / f"{name}.keras")
-            trunk_info = pretrain_trunk(cfg, name, held_out, weights, common.log)
+            trunk_done = sweep.chief_path(cfg, run_dir, "trunks") / f"{name}.json"  # the pretraining's commit point
+            if trunk_done.is_file():
+                trunk_info = json.loads(trunk_done.read_text())
+                common.log(f"{name}: trunk pretrained before, reusing {weights}")
+            else:
+                pre = sweep.CellRun(run_dir, f"{name}/pretrain")
+                trunk_info = pretrain_trunk(cfg, name, held_out, weights, common.log, run=pre, strategy=strategy,
+                                            sub=f"{sub}/pretrain")
+                if chief:
+                    run_dir.write_json(f"trunks/{name}.json", trunk_info)  # the commit point: trunk saved
+                    common.finish_run(pre)
         elif cfg.trunk == "none":
             weights = None
             common.log(f"warning: {name} with a random frozen trunk: only the last layer learns")
@@ -244,6 +326,10 @@ def run(cfg: DeepCovidConfig) -> dict:
             weights = os.path.join(cfg.trunk, f"{name}.keras")
             if not os.path.isfile(weights):
                 raise CXRConfigError(f"--trunk {cfg.trunk}: {weights} not found")
+        if not chief:
+            common.log(f"{name}: done here; the chief trains the head, evaluates and exports")
+            keras.backend.clear_session()
+            continue
         clf = build_model(name, num_classes=2, image_size=cfg.image_size, head="gap", freeze_until=-1,
                           weights=weights, class_names=ds.class_names, bn_momentum=cfg.bn_momentum)
         feat_model = keras.Model(clf.input, clf.get_layer("head_gap").output)
@@ -255,18 +341,15 @@ def run(cfg: DeepCovidConfig) -> dict:
         inp = keras.Input((f_train.shape[1],))
         head = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="predictions", dtype="float32")(inp))
         head.compile(keras.optimizers.Adam(cfg.lr), "categorical_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
-        best = {"auc": -1.0, "weights": None, "epoch": 0}
-
-        class _KeepBest(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if logs["val_auc"] > best["auc"]:
-                    best.update(auc=float(logs["val_auc"]), weights=head.get_weights(), epoch=epoch + 1)
-
+        cell.write_json("config.json", {**cfg.to_dict(), "model": name, "trunk_weights": weights})
         t = time.time()
+        # resumable: history.csv, best head by validation AUC, backup committed every epoch
         head.fit(f_train, y_train, validation_data=(f_val, arrays["val"][1]), epochs=cfg.epochs,
-                 batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=[_KeepBest()])
+                 batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=resumable_callbacks(cell, "val_auc"))
         head_s = time.time() - t
-        head.set_weights(best["weights"])
+        best_epoch = _best_epoch(cell / "history.csv")
+        if (cell.checkpoints / "best.weights.h5").is_file():
+            load_model_weights(head, cell.checkpoints / "best.weights.h5")
         clf.get_layer("predictions").set_weights(head.get_weights())
         if cfg.measure_speedup and k == 0:
             speedup = measure_through_trunk(cfg, clf, x_train, y_train, feat_s, head_s, common.log)
@@ -306,7 +389,7 @@ def run(cfg: DeepCovidConfig) -> dict:
             "within_source": {r["source"]: [round(r["auc"], 4), round(r["auc_lo"], 4), round(r["auc_hi"], 4)]
                               for _, r in ws[ws["evaluation"] == "within-source"].iterrows()},
             "lead_evaluation": None if lead is None else f"{lead['evaluation']}:{lead['source']}",
-            "head_best_epoch": best["epoch"], "feature_seconds": round(feat_s, 1), "head_seconds": round(head_s, 1),
+            "head_best_epoch": best_epoch, "feature_seconds": round(feat_s, 1), "head_seconds": round(head_s, 1),
             "assembled_vs_cached_max_diff": diff, **{f"pretrain_{a}": b for a, b in trunk_info.items()},
         })
         cam = cam_check(clf, arrays["test"][0][: cfg.cam_images], run_dir, name, cfg.cam_method)
@@ -316,12 +399,19 @@ def run(cfg: DeepCovidConfig) -> dict:
             exp = common.export_and_verify(cfg, clf, parts["test"], f"deep_covid_{name}", cfg.saved_models_dir,
                                            extra_metadata={"threshold": t_val, "run_dir": str(run_dir)})
             info[name] = {"export": exp["path"], "served_vs_offline": exp["max_abs_diff_vs_keras"]}
+        np.savez_compressed(cell / "test_predictions.npz", y_true=y_test, y_prob=p_test)
+        cell.write_json("result.json", sweep.plain({"row": rows[-1], "cam": cam_rows[-1], "within_source": ws.to_dict(
+            "records"), "export": info.get(name), "speedup": speedup if k == 0 else None}))  # the commit point
+        common.finish_run(cell)
         common.log(f"{name}: test AUC {rows[-1]['auc']:.3f}; specificity at sensitivity 98% (test) "
                    f"{rows[-1]['test_specificity_at_sens98']}; at the validation threshold: sens "
                    f"{pc['sensitivity']['value']:.3f} spec {pc['specificity']['value']:.3f}")
         del clf, feat_model, head
         keras.backend.clear_session()
 
+    if not chief:
+        common.log("all trunks trained; the chief writes the report")
+        return {"models": names, "chief": False}
     plot_roc(curves, path=str(run_dir.plots / "roc_all.png"), title="Deep-COVID: COVID vs non-COVID (test)")
     plot_pr(curves, path=str(run_dir.plots / "pr_all.png"), title="Deep-COVID: COVID vs non-COVID (test)")
     summary_df = pd.DataFrame(rows)
@@ -363,6 +453,14 @@ def run(cfg: DeepCovidConfig) -> dict:
     common.log(f"wrote {run_dir / 'deep_covid.md'}; wall {wall}s")
     common.print_tensorboard_hint(run_dir)
     return summary
+
+
+def _best_epoch(history_csv) -> int:
+    """1-based epoch of the best ``val_auc`` in ``history.csv`` (the first of equals; 0: none)."""
+    from cxr_tf.training.resume import read_history_csv
+
+    vals = np.asarray(read_history_csv(history_csv).get("val_auc", []), float)
+    return int(np.nanargmax(vals)) + 1 if np.isfinite(vals).any() else 0
 
 
 def measure_through_trunk(cfg, clf, x_train, y_train, feat_s: float, head_s: float, log) -> dict:

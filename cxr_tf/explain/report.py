@@ -48,3 +48,40 @@ def border_report(model, images, method: str = "gradcam", band: float = 0.1, bat
         "resolves_border": bool(grid and min(grid) >= 3),
     }
     return summary, cams
+
+
+def cam_sample(labels, n: int) -> np.ndarray:
+    """Up to ``n`` indices of ``labels`` for the CAM check, as even over the classes as they
+    allow and spread evenly through each class (a split that lists items by source would
+    otherwise give ``n`` images of one class from one collection)."""
+    labels = np.asarray(labels)
+    per = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    take = dict.fromkeys(per, 0)
+    for _ in range(min(n, len(labels))):  # one more from the class with the fewest taken that has any left
+        c = min((c for c in per if take[c] < len(per[c])), key=lambda c: (take[c], c))
+        take[c] += 1
+    picks = [idx[np.linspace(0, len(idx) - 1, take[c]).round().astype(int)] for c, idx in per.items() if take[c]]
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, int)
+
+
+def cam_check(model, images, run, name: str, method: str, step: int = 0) -> dict:
+    """Border-band share of CAM mass over ``images`` (:func:`border_report`), an overlay grid
+    in TensorBoard (``<run>/tensorboard/<name>``) and as ``<run>/<name>/<method>_overlays.png``;
+    ``cam_seconds`` in the summary says what the maps cost."""
+    import time
+    from pathlib import Path
+
+    from PIL import Image
+
+    t = time.time()
+    summary, cams = border_report(model, images, method=method)
+    summary["cam_seconds"] = round(time.time() - t, 1)
+    show = np.linspace(0, len(images) - 1, min(16, len(images))).round().astype(int)  # spread over the classes
+    log_overlays_to_tensorboard(Path(str(run)) / "tensorboard" / name, images[show], cams[show],
+                                tag=f"{method}_test_overlays", step=step,
+                                description=f"{method} on {summary['layer']}, test images")
+    grid = Image.fromarray(overlay_grid(images[show], cams[show]))  # the same grid as a file, 3x for viewing
+    out = Path(str(run)) / name
+    out.mkdir(exist_ok=True)
+    grid.resize((grid.width * 3, grid.height * 3), Image.NEAREST).save(out / f"{method}_overlays.png")
+    return summary

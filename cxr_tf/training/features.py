@@ -98,6 +98,7 @@ def train_head_on_features(
     validation_data: tuple[np.ndarray, np.ndarray] | None = None,
     callbacks: list | None = None,
     verbose: int = 0,
+    run=None,
 ) -> keras.callbacks.History:
     """Train the classifier's head on cached features; ``model``'s head weights are updated.
 
@@ -111,6 +112,8 @@ def train_head_on_features(
         validation_data: cached validation features and labels.
         callbacks: Keras callbacks for ``fit``.
         verbose: ``fit`` verbosity.
+        run: a folder (RunDir) to make the training resumable (:func:`resumable_callbacks`):
+            history.csv, best checkpoint by ``val_auc`` (with validation data), resume backup.
     """
     features = np.asarray(features, np.float32)
     labels = np.asarray(labels, np.float32)
@@ -122,6 +125,41 @@ def train_head_on_features(
     if loss is None:
         sigmoid = getattr(model, "multilabel", False)
         loss = keras.losses.BinaryCrossentropy() if sigmoid else keras.losses.CategoricalCrossentropy()
-    head.compile(optimizer=optimizer or keras.optimizers.Adam(1e-4), loss=loss, metrics=["accuracy"])
+    metrics = ["accuracy"] + ([keras.metrics.AUC(name="auc")] if run is not None else [])
+    head.compile(optimizer=optimizer or keras.optimizers.Adam(1e-4), loss=loss, metrics=metrics)
+    if run is not None:
+        callbacks = list(callbacks or []) + resumable_callbacks(run, "val_auc" if validation_data is not None
+                                                                else None)
     return head.fit(features, labels, batch_size=batch_size, epochs=epochs, shuffle=True,
                     validation_data=validation_data, callbacks=callbacks, verbose=verbose)
+
+
+def resumable_callbacks(run, monitor: str | None = "val_auc") -> list:
+    """The shared trainer's resume for a ``fit`` on in-memory arrays (a head on cached features).
+
+    ``run``: the training's folder (a :class:`~cxr_tf.training.run.RunDir`, e.g. a sweep
+    cell). Returns ``[best checkpoint (when monitor), CSVLogger, ResumableBackup]`` to put
+    LAST in ``fit``'s callbacks: ``<run>/history.csv`` one row per epoch,
+    ``<run>/checkpoints/best.weights.h5`` (best ``monitor``), ``<run>/backup/`` committed
+    after every epoch. Called again with the same folder after a kill, it cuts
+    ``history.csv`` to the committed epochs and ``fit`` restarts from the last one
+    (weights, optimizer, best value restored; an in-memory ``shuffle`` then draws a new
+    order for the remaining epochs, so the resumed head is equivalent, not bit-identical).
+    """
+    import logging
+
+    from cxr_tf.training import resume
+
+    state = resume.read_state(run.backup)
+    resume.truncate_history_csv(run / "history.csv", state.epoch if state else 0)
+    if state is not None:
+        logging.getLogger("cxr_tf.training").info(
+            f"resuming {run}: {state.epoch} epochs done" + (" (training had finished)" if state.complete else ""))
+    cbs, track = [], []
+    if monitor:
+        track.append(resume.AtomicModelCheckpoint(str(run.checkpoints / "best.weights.h5"), monitor=monitor,
+                                                  mode="max", save_best_only=True, verbose=0))
+        cbs += track
+    cbs.append(keras.callbacks.CSVLogger(str(run / "history.csv"), append=True))
+    cbs.append(resume.ResumableBackup(run.backup, track=track))
+    return cbs

@@ -219,12 +219,15 @@ def build_pipelines(cfg, ds: CXRDataset, split: np.ndarray, strategy):
     return (train_ds, val_ds, test_ds), (train, val, test)
 
 
-def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = True):
+def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = True, monitor: str = "val_auc"):
     """Fit with the standard callbacks; returns (history dict, seconds).
 
     ``loggers=False`` leaves out the TensorBoard sample-image and confusion-matrix
     loggers (the latter predicts the validation set again every epoch): sweeps of
-    many small trainings keep the scalars only.
+    many small trainings keep the scalars only. ``pipes[1]`` may be None: no validation
+    (e.g. a trunk pretraining kept at its last epoch); ``monitor`` is then a training
+    metric (``"auc"``) for the best checkpoint of the ``model.fit`` path (the multi-worker
+    loop then keeps no best checkpoint).
     """
     from cxr_tf.data import class_weights
     from cxr_tf.training.callbacks import ConfusionMatrixLogger, SampleImagesLogger, standard_callbacks
@@ -236,6 +239,10 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = Tr
         # Keras 3 model.fit fails under MultiWorkerMirroredStrategy (FACTS.md): custom loop.
         from cxr_tf.training.distributed import fit_distributed
 
+        if val is None:  # no validation: the loop logs training metrics only
+            import types
+
+            pipes = (train, types.SimpleNamespace(dataset=None, num_examples=0, steps=0), pipes[2])
         return fit_distributed(cfg, model, train_ds, pipes, run)
     # A killed run resumes from backup/: history.csv is cut to the committed epochs and the
     # input stream skips the batches they consumed (cxr_tf.training.resume).
@@ -243,19 +250,19 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = Tr
     if state is not None:
         log(f"resuming {run}: {state.epoch} of {cfg.epochs} epochs done"
             + (" (training had finished)" if state.complete else ""))
-    cbs = standard_callbacks(run, patience=cfg.early_stopping)
+    cbs = standard_callbacks(run, monitor=monitor, patience=cfg.early_stopping)
     backup = [c for c in cbs if isinstance(c, resume.ResumableBackup)]
     cbs = [c for c in cbs if c not in backup]
     if loggers:
         cbs.append(SampleImagesLogger(train_pipeline(cfg, train_ds).dataset, str(run.tensorboard), model.class_names))
-    if loggers and not model.multilabel:
+    if loggers and not model.multilabel and val is not None:
         y_val = np.concatenate([np.asarray(y).argmax(1) for _, y in val.dataset])
         cbs.append(ConfusionMatrixLogger(val.dataset, y_val, str(run.tensorboard), model.class_names))
     cbs += list(extra_callbacks) + backup  # the backup commits an epoch last
     cw = class_weights(train_ds) if cfg.balance == "class_weight" else None
     t = time.time()
-    hist = model.fit(train_data, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
-                     callbacks=cbs, class_weight=cw, shuffle=False,
+    hist = model.fit(train_data, validation_data=None if val is None else val.dataset, epochs=cfg.epochs,
+                     steps_per_epoch=train.steps, callbacks=cbs, class_weight=cw, shuffle=False,
                      verbose=2 if logger.isEnabledFor(logging.INFO) else 0)  # --quiet: no epoch lines
     # The whole run's per-epoch log, including epochs done before a restart.
     history = resume.read_history_csv(run / "history.csv") or hist.history

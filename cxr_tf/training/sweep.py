@@ -48,6 +48,43 @@ class CellRun(RunDir):
         return (self.path / "result.json").exists()
 
 
+def worker_config(cfg, sub: str, **changes):
+    """A copy of ``cfg`` (``changes`` applied) for a training in ``<run>/<sub>`` (a cell, a
+    model of a comparison). Under ``--strategy multi_worker`` every worker then restores the
+    chief's backup of THAT training (``<chief run>/<sub>/backup``), not the run's own, so
+    the trainings of one run never share a checkpoint. Without multi-worker: a plain copy."""
+    import copy
+
+    out = copy.copy(cfg)  # keeps the non-field attributes (the chief's run folder)
+    for k, v in changes.items():
+        setattr(out, k, v)
+    chief = cfg.__dict__.get("_chief_run_dir")
+    if chief:
+        out.__dict__["_chief_run_dir"] = str(Path(chief) / sub)
+    return out
+
+
+def plain(obj):
+    """``obj`` with numpy scalars / arrays as Python numbers / lists, NaN kept (Python's JSON
+    writes it): a cell's result.json reads back as the values it was written from."""
+    def conv(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+    return json.loads(json.dumps(obj, default=conv))
+
+
+def chief_path(cfg, run, sub: str) -> Path:
+    """``<run>/<sub>`` in the chief's run folder (this run's own on a single worker): where
+    every worker looks for a finished training, so all of them skip the same ones."""
+    return Path(cfg.__dict__.get("_chief_run_dir") or str(run)) / sub
+
+
 def start(cfg):
     """A sweep's beginning: runtime, run folder, checked data, optional patient subset."""
     strategy = common.setup_runtime(cfg)

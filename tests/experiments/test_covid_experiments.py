@@ -166,8 +166,10 @@ def test_deep_covid_source_balanced_design_and_within_source_table(tmp_path, dat
 
 
 def test_cam_sample_covers_every_class():
+    from cxr_tf.explain import cam_sample  # shared by the COVID experiments (cxr_tf.explain.report)
+
     y = np.array([2] * 59 + [0] * 59 + [1] * 63)  # the split lists the test items class by class
-    idx = cmp.cam_sample(y, 32)
+    idx = cam_sample(y, 32)
     assert len(idx) == 32 and len(set(idx)) == 32 and sorted(np.bincount(y[idx])) == [10, 11, 11]
-    assert list(cmp.cam_sample(np.array([0, 0, 1]), 8)) == [0, 1, 2]  # fewer images than asked: all of them
-    assert list(cmp.cam_sample(np.array([0, 1, 1, 1, 1]), 3)) == [0, 1, 4]  # the short class gives what it has
+    assert list(cam_sample(np.array([0, 0, 1]), 8)) == [0, 1, 2]  # fewer images than asked: all of them
+    assert list(cam_sample(np.array([0, 1, 1, 1, 1]), 3)) == [0, 1, 4]  # the short class gives what it has

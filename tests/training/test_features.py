@@ -72,3 +72,29 @@ def test_trainable_trunk_and_bad_inputs_are_refused():
         train_head_on_features(model, np.zeros((3, 64)), np.zeros((2, 2)), epochs=1)
     with pytest.raises(CXRConfigError, match="NaN"):
         train_head_on_features(model, np.zeros((2, 64)), np.full((2, 2), np.nan), epochs=1)
+
+
+def test_head_training_with_a_run_folder_resumes_after_an_interruption(tmp_path):
+    """``run=``: history.csv, best checkpoint and resume backup; an interrupted head training
+    called again with the same folder continues from its last committed epoch."""
+    from cxr_tf.training.resume import read_history_csv, read_state
+    from cxr_tf.training.run import RunDir
+
+    x, y = _data(n=32)
+    model = _model()
+    feats, labels = extract_features(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
+    run = RunDir(tmp_path / "head")
+
+    class Crash(keras.callbacks.Callback):  # before the backup commits epoch 2 (the "kill")
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("killed")
+
+    kw = dict(epochs=4, batch_size=8, validation_data=(feats, labels), run=run)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_head_on_features(model, feats, labels, callbacks=[Crash()], optimizer=keras.optimizers.Adam(0.01), **kw)
+    assert read_state(run.backup).epoch == 1
+    hist = train_head_on_features(_model(), feats, labels, optimizer=keras.optimizers.Adam(0.01), **kw)  # a fresh process: new model, same folder
+    assert len(hist.history["loss"]) == 3  # epochs 2-4 only: epoch 1 came from the backup
+    assert len(read_history_csv(run / "history.csv")["loss"]) == 4  # one row per epoch, none twice
+    assert (run.checkpoints / "best.weights.h5").is_file() and read_state(run.backup).complete
