@@ -54,7 +54,7 @@ import time
 
 import numpy as np
 
-from cxr_tf.training.config import TrainConfig, opt, parse_config
+from cxr_tf.training.config import TrainConfig, TrunkConfig, opt, parse_config
 
 ZOO = ("mobilenet", "mobilenet_v2", "resnet50", "densenet121", "resnet18", "squeezenet")
 SSL_BACKBONE = "unet_cbam_encoder"
@@ -62,7 +62,7 @@ TABLE_METRICS = ("accuracy", "specificity", "sensitivity", "auc")
 
 
 @dataclasses.dataclass
-class CovidCompareConfig(TrainConfig):
+class CovidCompareConfig(TrunkConfig, TrainConfig):
     experiment: str = "covid_ssl_compare"
     data_dir: str | None = opt(os.environ.get("CXR_DATA_DIR"), "data root holding covid_ieee8023/ etc. (default: "
                                "$CXR_DATA_DIR)")
@@ -70,10 +70,9 @@ class CovidCompareConfig(TrainConfig):
     init: str = opt("", "NAME=PATH[,NAME=PATH] initial weights; ssl:PATH for the SSL encoder (else random init)")
     weights: str = opt("none", "weights for every keras.applications model: none | imagenet")
     per_class: int = opt(607, "images per class (the seed: 607)")
-    head: str = opt("gap", "classifier head: gap | fc256-128")
-    dropout: float = opt(0.0, "dropout before the output layer")
-    freeze_until: int = opt(0, "freeze backbone layers before this index (0: train all)")
-    bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
+    head: str = "gap"
+    freeze_until: int = 0
+    bn_momentum: float = 0.9
     augment: str = "light"
     epochs: int = 20
     # every model gets the whole budget (as before the shared trainer, which stops early by default)

@@ -59,13 +59,13 @@ import time
 
 import numpy as np
 
-from cxr_tf.training.config import TrainConfig, opt, parse_config
+from cxr_tf.training.config import ExportDirConfig, NormConfig, TrainConfig, opt, parse_config
 
 MODELS = "resnet18,resnet50,squeezenet,densenet121"
 
 
 @dataclasses.dataclass
-class DeepCovidConfig(TrainConfig):
+class DeepCovidConfig(ExportDirConfig, NormConfig, TrainConfig):
     experiment: str = "deep_covid"
     data_dir: str | None = opt(os.environ.get("CXR_DATA_DIR"), "data root holding covid_ieee8023/ and kermany224/ "
                                "(default: $CXR_DATA_DIR)")
@@ -84,12 +84,11 @@ class DeepCovidConfig(TrainConfig):
     pretrain_images: int = opt(2000, "Kermany images for --trunk pretrain")
     pretrain_epochs: int = opt(3, "epochs of --trunk pretrain")
     pretrain_lr: float = opt(1e-3, "learning rate of --trunk pretrain")
-    bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
+    bn_momentum: float = 0.9
     measure_speedup: bool = opt(True, "time cached-feature training against training through the trunk")
     cam_images: int = opt(32, "test images for the CAM border check and TensorBoard overlays")
     cam_method: str = opt("gradcam", "CAM method: gradcam | gradcam++ | scorecam")
     export_models: str = opt("all", "models to export: all | none | comma list")
-    saved_models_dir: str = opt("saved_models", "where SavedModel exports are written")
     balance_sources: bool = opt(False, "source-balanced design: every class from the same sources in the same "
                                 "proportions (--n-covid / --n-non-covid caps then not applied)")
 

@@ -115,29 +115,51 @@ class EvaluationConfig:
 
 
 @dataclasses.dataclass
-class ModelConfig:
-    """The classifier: backbone from the registry, its weights, freezing and head."""
+class NormConfig:
+    """BatchNorm of any model an experiment builds."""
 
     SECTION = "model"
-    backbone: str = opt("resnet50", "model registry name (resnet50, resnet18, densenet121, mobilenetv2, tiny_cnn, "
-                        "unet_cbam_encoder_d3w16, ...)")
+    bn_momentum: float = opt(0.99, "BatchNorm moving-average momentum (Keras default 0.99)")
+
+
+@dataclasses.dataclass
+class TrunkConfig(NormConfig):
+    """A classifier's trunk and head: weights, freezing, head, dropout (for experiments that
+    build several backbones, e.g. a model zoo)."""
+
+    SECTION = "model"
     weights: str = opt("none", "backbone weights: none (from scratch) | imagenet (needs a download) | PATH | "
                        "preset:NAME | run:DIR | ssl:DIR | https://...#sha256=...")
     freeze_until: str = opt("0", "freeze backbone layers before this index or layer name (0: train all)")
     allow_random_frozen: bool = opt(False, "allow --freeze-until > 0 with --weights none (freezes random layers)")
     head: str = opt("fc256-128", "classifier head: gap | fc256-128 (GAP-Dense(256)-Dense(128), the seed's extra FC)")
     dropout: float = opt(0.0, "dropout before the output layer")
-    bn_momentum: float = opt(0.99, "BatchNorm moving-average momentum (Keras default 0.99)")
 
 
 @dataclasses.dataclass
-class ExportConfig:
+class ModelConfig(TrunkConfig):
+    """The classifier: one backbone from the registry, plus its trunk and head settings."""
+
+    SECTION = "model"
+    backbone: str = opt("resnet50", "model registry name (resnet50, resnet18, densenet121, mobilenet_v2, tiny_cnn, "
+                        "unet_cbam_encoder_d3w16, ...)")
+
+
+@dataclasses.dataclass
+class ExportDirConfig:
+    """Where SavedModel exports go."""
+
+    SECTION = "export"
+    saved_models_dir: str = opt("saved_models", "where SavedModel exports are written")
+
+
+@dataclasses.dataclass
+class ExportConfig(ExportDirConfig):
     """The SavedModel for TF Serving written after training (verified against the Keras model)."""
 
     SECTION = "export"
     export: bool = opt(True, "export a SavedModel for TF Serving after training")
     export_name: str = opt("", "export folder name under --saved-models-dir (empty: named after the task)")
-    saved_models_dir: str = opt("saved_models", "where SavedModel exports are written")
 
 
 @dataclasses.dataclass

@@ -117,9 +117,11 @@ def train_cell(cfg, ds: CXRDataset, split: np.ndarray, parent: RunDir, name: str
     """
     cell = CellRun(parent, name)
     cfg_d = cfg.to_dict()
-    if cell.finished and _same_config(cell / "config.json", cfg_d):
-        common.log(f"cell {name}: done before, reusing {cell / 'result.json'}")
-        return json.loads((cell / "result.json").read_text())
+    # multi-worker: every worker asks the chief's folder, so all of them skip the same cells
+    done = chief_path(cfg, parent, f"cells/{name}")
+    if (done / "result.json").exists() and _same_config(done / "config.json", cfg_d):
+        common.log(f"cell {name}: done before, reusing {done / 'result.json'}")
+        return json.loads((done / "result.json").read_text())
     if (cell / "config.json").exists() and not _same_config(cell / "config.json", cfg_d):
         common.log(f"cell {name}: config changed, training it again")
         shutil.rmtree(cell.path)
@@ -143,7 +145,8 @@ def train_cell(cfg, ds: CXRDataset, split: np.ndarray, parent: RunDir, name: str
     params = model.parameter_counts()
     common.log(f"cell {name}: {len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images; "
                f"trainable {params['trainable']:,}")
-    history, fit_s = common.fit(cfg, model, train_ds, pipes, cell, loggers=False)
+    # worker_config: under multi-worker each cell restores its own checkpoint, never another cell's
+    history, fit_s = common.fit(worker_config(cfg, f"cells/{name}"), model, train_ds, pipes, cell, loggers=False)
     common.restore_best(model, cell)
     y_val, p_val = common.evaluate_split(model, pipes[1], val_ds)
     y_test, p_test = common.evaluate_split(model, pipes[2], test_ds)
@@ -181,8 +184,11 @@ def build_classifier(cfg, ds: CXRDataset):
 
 
 def cell_config(cfg, **changes):
-    """A copy of ``cfg`` with ``changes`` (a cell's own settings)."""
-    return dataclasses.replace(cfg, **changes)
+    """A copy of ``cfg`` with ``changes`` (a cell's own settings); non-field attributes (the
+    chief's run folder under multi-worker, the flags given) are kept."""
+    out = dataclasses.replace(cfg, **changes)
+    out.__dict__.update({k: v for k, v in cfg.__dict__.items() if k not in out.__dict__})
+    return out
 
 
 def summary_row(result: dict) -> dict:
