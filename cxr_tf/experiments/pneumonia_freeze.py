@@ -22,7 +22,8 @@ Commands::
     python -m cxr_tf.experiments.pneumonia_freeze --data-dir DIR --classes pneumonia   # 2 classes
     # the seed's exact model (needs the ImageNet download)
     python -m cxr_tf.experiments.pneumonia_freeze --data-dir DIR --weights imagenet
-    # freeze depth comparison (cxr_tf.experiments.freeze_depth), e.g. 114 vs 144:
+    # freeze depth comparison, e.g. 114 vs 144: this configuration once per point, in one run folder
+    # (cxr_tf.training.sweep.compare_freeze; freeze_depth adds a learning-rate grid)
     python -m cxr_tf.experiments.pneumonia_freeze --compare-freeze 114,144 --data-dir DIR --weights imagenet
 
 Writes ``runs/pneumonia_freeze/<UTC timestamp>/`` (config, splits, TensorBoard, metrics,

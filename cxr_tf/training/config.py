@@ -260,7 +260,7 @@ def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser
         help_ = field_help(cls, f.name)
         if not help_:  # every flag explains itself (tests/training/test_config_and_run.py checks all)
             raise CXRConfigError(f"{cls.__name__}.{f.name} has no help text: define it with opt(default, help)")
-        g = groups.setdefault(field_section(cls, f.name), p.add_argument_group(field_section(cls, f.name)))
+        g = groups[field_section(cls, f.name)]
         if f.name == "smoke":
             g.add_argument(flag, action="store_true", help=help_)
         elif t is bool:
