@@ -173,8 +173,8 @@ def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, c
 
     from cxr_tf.data import build_pipeline
     from cxr_tf.evaluation import classification_metrics
-    from cxr_tf.training import flow as common
     from cxr_tf.models import build_model
+    from cxr_tf.training import flow as common
     from cxr_tf.training import resume
     from cxr_tf.training.callbacks import standard_callbacks
     from cxr_tf.training.loop import compile_classifier
@@ -327,10 +327,14 @@ def run(cfg: SSLFinetuneConfig) -> dict:
                 point = RunDir(run_dir / (f"frac{tag}_{arm}"))
                 common.log(f"fraction {fraction:g}, seed {seed} ({len(sub)} images, "
                            f"{sub.meta['patient_id'].nunique()} patients), {arm}")
-                done = point / "point.json"
-                if done.is_file() and (point / "metrics.json").is_file():
-                    common.log(f"  done before, reusing {point / 'metrics.json'}")
-                    m = json.loads((point / "metrics.json").read_text())
+                # finished: the chief's point.json (every worker decides alike: none trains alone)
+                from cxr_tf.training.distributed import chief_run_dir
+
+                done_dir = chief_run_dir(cfg, point)
+                done = done_dir / "point.json"
+                if done.is_file() and (done_dir / "metrics.json").is_file():
+                    common.log(f"  done before, reusing {done_dir / 'metrics.json'}")
+                    m = json.loads((done_dir / "metrics.json").read_text())
                     fit_s = json.loads(done.read_text())["fit_seconds"]
                 else:
                     m, fit_s = train_point(cfg, arm, backbones[arm], init, sub, val_ds, test_ds, point,

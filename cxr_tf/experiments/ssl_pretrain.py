@@ -31,8 +31,18 @@ import sys
 
 # The pretraining lives in cxr_tf.ssl.pretrain (shared with ssl_finetune's smoke pretraining).
 from cxr_tf.ssl.pretrain import (  # noqa: F401  (this experiment's public names)
-    AUTO_SOURCES, NORMALISATION, SSLPretrainConfig, evaluate_restoration, export_from, finish, image_pool,
-    load_source, make_grid_logger, parse, restoration_grid, run,
+    AUTO_SOURCES,
+    NORMALISATION,
+    SSLPretrainConfig,
+    evaluate_restoration,
+    export_from,
+    finish,
+    image_pool,
+    load_source,
+    make_grid_logger,
+    parse,
+    restoration_grid,
+    run,
 )
 
 

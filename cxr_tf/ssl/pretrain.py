@@ -155,7 +155,6 @@ def load_source(cfg: SSLPretrainConfig, spec: str, run):
 def image_pool(cfg: SSLPretrainConfig, run):
     """``(train images, val images, table)``: unbatched tf.data of ``(H, W, 1)`` in [0, 1]."""
     import pandas as pd
-    import tensorflow as tf
 
     from cxr_tf.data import image_dataset
     from cxr_tf.training import flow as common
@@ -270,7 +269,6 @@ def run(cfg: SSLPretrainConfig) -> dict:
 
     t0 = time.time()
     strategy = common.setup_runtime(cfg)
-    import keras
 
     from cxr_tf.models.unet_cbam import UNetCBAM
     from cxr_tf.ssl.losses import RestorationLoss
@@ -384,9 +382,9 @@ def export_from(path: str) -> dict:
     """The encoder of an existing run (finished or stopped) from its best checkpoint."""
     import json
 
-    from cxr_tf.training import flow as common
     from cxr_tf.models.unet_cbam import UNetCBAM
     from cxr_tf.ssl.transforms import make_pair_dataset
+    from cxr_tf.training import flow as common
     from cxr_tf.training.run import RunDir
 
     t0 = time.time()
