@@ -35,7 +35,19 @@ model's conditional outputs ``P(child | parent)`` (what they were trained on), p
 other labels with their marginals.
 
 Writes ``runs/chexpert_noisy/<UTC timestamp>/``: ``config.json``, ``splits.csv``,
-``results_<study>.csv`` / ``.md`` (per-label AUCs with CIs, mean AUC with CI), ``metrics.json``.
+``results_<study>.csv`` / ``.md`` (per-label AUCs with CIs, mean AUC with CI), ``metrics.json``,
+and one folder per method ``cells/<method>/`` (``history.csv``: loss and validation mean AUC
+per epoch; ``result.json`` + ``predictions.npz`` once finished; ``relabel/`` for the second phase).
+
+Resume: re-running the same command (or ``--run-dir DIR``) reopens the run; finished methods
+are reused, not retrained, and a method killed mid-training resumes at its last committed
+epoch (weights, optimizer, best-so-far score and weights in ``cells/<method>/backup/``).
+``--strategy multi_worker`` (TF_CONFIG, ``--run-dir`` on shared storage, global
+``--batch-size``) trains each phase with the shared custom loop
+(:mod:`cxr_tf.training.distributed`), best epoch by the same validation mean AUC; only the
+chief writes results. There the input stream is one continuous shuffled stream (not a fresh
+iterator per epoch) and the masked / MentorNet losses normalise per replica batch, so a
+2-worker run is not numerically the one-worker run.
 
 Results (2-core CPU VM, one core; NIH nih1000_64: 800 real images at 64 px, 221 patients,
 8 epochs from scratch), details in ``experiments/results/chexpert_noisy.md``:

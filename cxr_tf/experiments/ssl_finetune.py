@@ -18,6 +18,12 @@ Writes ``runs/ssl_finetune/<UTC timestamp>/``: config, splits, one sub-folder pe
 (fraction, arm) with TensorBoard, history and best checkpoint, ``results.csv``,
 ``results.md``, ``metrics.json`` and ``plots/label_efficiency.png``.
 
+Resume: re-running the same command (or ``--run-dir DIR``) reopens the run; finished points
+(``point.json``) are reused and an interrupted one resumes at its last committed epoch
+(:mod:`cxr_tf.training.resume`); ``--smoke``'s pretraining sits in ``<run>/pretrain`` and is
+reused too. ``--strategy multi_worker`` (TF_CONFIG, ``--run-dir``) trains every point with
+the shared custom loop (:mod:`cxr_tf.training.distributed`); only the chief evaluates and writes.
+
 Results (2-core AMD EPYC VM, run pinned to 1 core, TF 2.21; details and the exact commands in
 ``experiments/results/ssl.md``): kermany224 normal vs pneumonia, 64 px, depth-3 width-16
 encoder pretrained 2 epochs, 60 steps x 32 images per point, one seed, 340 s wall in all.

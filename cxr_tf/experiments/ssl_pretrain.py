@@ -18,6 +18,11 @@ TensorBoard (loss, SSIM, PSNR and a grid original / corrupted / restored each ep
 checkpoints (resumable: ``--resume``), ``metrics.json``, ``report.md`` and
 ``ssl_encoder/`` (``encoder.weights.h5`` + ``ssl_encoder.json``: input size, channels,
 normalisation, transform settings), which a classifier loads with ``--init ssl:<folder>``.
+A killed run continues at its last committed epoch when started again with ``--run-dir DIR``
+(or ``--resume``). ``--strategy multi_worker`` (TF_CONFIG, ``--run-dir`` on shared storage)
+trains with the shared custom loop (:mod:`cxr_tf.training.distributed`, best epoch by
+validation SSIM); only the chief writes the encoder, metrics and report. The machinery is
+:mod:`cxr_tf.ssl.pretrain`.
 
 Results (2-core AMD EPYC VM, run pinned to 1 core, TF 2.21; ``experiments/results/ssl.md``):
 3,744 unlabeled images (kermany224 training patients, NIH, COVID sets) at 64 px, depth 3,

@@ -8,7 +8,14 @@ keras-team/keras#20585, FACTS.md). The step here is the standard TF2 recipe:
 optimizer all-reduces the gradients) with the per-example loss summed and divided by
 the GLOBAL batch, and ``strategy.reduce`` for what is logged.
 
-What a run gives, the same as the ``model.fit`` path: ``history.csv`` (one row per
+Any compiled model: the per-example loss is the compiled loss unreduced (averaged over
+the non-batch axes), and a :class:`Monitor` (a score of the validation targets and
+predictions, its name and its "better" rule) picks the best epoch: the classifier's
+``val_auc`` by default, validation SSIM for the SSL autoencoder (``cxr_tf.ssl.pretrain``),
+the clean-label mean AUC for the noisy-label methods (``chexpert_noisy``). A folder inside
+the run (a sweep cell) has its checkpoint in the chief's same sub-folder.
+
+What a classifier run gives, the same as the ``model.fit`` path: ``history.csv`` (one row per
 epoch: loss, accuracy, val_loss, val_accuracy, val_auc, learning_rate), TensorBoard
 scalars (``epoch_*``), the validation confusion matrix per epoch, a grid of training
 inputs, ``checkpoints/best.weights.h5`` (best ``val_auc``), early stopping, and resume:
