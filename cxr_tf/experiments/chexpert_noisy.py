@@ -41,7 +41,9 @@ per epoch; ``result.json`` + ``predictions.npz`` once finished; ``relabel/`` for
 
 Resume: re-running the same command (or ``--run-dir DIR``) reopens the run; finished methods
 are reused, not retrained, and a method killed mid-training resumes at its last committed
-epoch (weights, optimizer, best-so-far score and weights in ``cells/<method>/backup/``).
+epoch (weights, optimizer, best-so-far score and weights in ``cells/<method>/backup/``; the
+batch order after the resume differs from an uninterrupted run's: tf.data reshuffle state is
+not restorable from outside ``model.fit``).
 ``--strategy multi_worker`` (TF_CONFIG, ``--run-dir`` on shared storage, global
 ``--batch-size``) trains each phase with the shared custom loop
 (:mod:`cxr_tf.training.distributed`), best epoch by the same validation mean AUC; only the
@@ -384,7 +386,7 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
         progress = _Progress(folder, epochs, log) if folder is not None else None
         best, best_w, hist, start = -1.0, None, [], 0
         if progress is not None:
-            best, hist, start = progress.restore(model, d, best, hist)
+            best, hist, start = progress.restore(model, best, hist)
         for e in range(start, epochs):
             h = model.fit(d, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
             auc = _mean_auc(y_clean[va], predict(va), eval_cols)
@@ -430,9 +432,14 @@ class _Progress:
     The commit holds the epoch, the weights with the optimizer (``epoch-K.weights.h5``),
     the best-so-far validation mean AUC, the file of its weights (``best-K.weights.h5``)
     and the per-epoch history (also ``<folder>/history.csv``). A restart restores them and
-    replays the input stream's per-epoch reshuffles (one fresh iterator per finished
-    epoch, as ``model.fit`` makes); the random state of MixUp and dropout draws is not
-    replayed, so a resumed method matches the uninterrupted one up to those draws.
+    trains the remaining epochs; the best epoch is still chosen over all epochs by the
+    validation mean AUC. Not restored: the input order. Each epoch's ``model.fit`` draws its
+    reshuffles from the dataset's seed generator, shared by every repetition and every
+    ``fit`` call (how many draws an epoch makes depends on read-ahead), and MixUp's random
+    state, neither of which can be saved from outside ``fit``. So the epochs after a resume
+    see other batch orders than the uninterrupted run (measured: the same committed epochs,
+    different losses afterwards); an uninterrupted run is unchanged (same numbers as
+    before this class existed).
     """
 
     def __init__(self, folder, epochs: int, log):
@@ -440,7 +447,7 @@ class _Progress:
         self.backup = Path(str(folder)) / "backup"
         self.best_file: str | None = None
 
-    def restore(self, model, dataset, best, hist):
+    def restore(self, model, best, hist):
         from cxr_tf.training.resume import (
             read_state,
             restore_weights,
@@ -459,8 +466,6 @@ class _Progress:
         best = float(saved["best"]) if saved.get("best") is not None else float("nan")
         hist = [tuple(h) for h in saved.get("history", [])][:start]
         self.best_file = saved.get("best_weights")
-        for _ in range(start):  # the reshuffles the finished epochs drew (one iterator each)
-            next(iter(dataset))
         return best, hist, start
 
     def commit(self, model, epoch: int, hist, best, improved: bool) -> None:
