@@ -35,7 +35,21 @@ model's conditional outputs ``P(child | parent)`` (what they were trained on), p
 other labels with their marginals.
 
 Writes ``runs/chexpert_noisy/<UTC timestamp>/``: ``config.json``, ``splits.csv``,
-``results_<study>.csv`` / ``.md`` (per-label AUCs with CIs, mean AUC with CI), ``metrics.json``.
+``results_<study>.csv`` / ``.md`` (per-label AUCs with CIs, mean AUC with CI), ``metrics.json``,
+and one folder per method ``cells/<method>/`` (``history.csv``: loss and validation mean AUC
+per epoch; ``result.json`` + ``predictions.npz`` once finished; ``relabel/`` for the second phase).
+
+Resume: re-running the same command (or ``--run-dir DIR``) reopens the run; finished methods
+are reused, not retrained, and a method killed mid-training resumes at its last committed
+epoch (weights, optimizer, best-so-far score and weights in ``cells/<method>/backup/``; the
+batch order after the resume differs from an uninterrupted run's: tf.data reshuffle state is
+not restorable from outside ``model.fit``).
+``--strategy multi_worker`` (TF_CONFIG, ``--run-dir`` on shared storage, global
+``--batch-size``) trains each phase with the shared custom loop
+(:mod:`cxr_tf.training.distributed`), best epoch by the same validation mean AUC; only the
+chief writes results. There the input stream is one continuous shuffled stream (not a fresh
+iterator per epoch) and the masked / MentorNet losses normalise per replica batch, so a
+2-worker run is not numerically the one-worker run.
 
 Results (2-core CPU VM, one core; NIH nih1000_64: 800 real images at 64 px, 221 patients,
 8 epochs from scratch), details in ``experiments/results/chexpert_noisy.md``:
@@ -136,7 +150,12 @@ class ChexpertNoisyConfig(TrainConfig):
     def uncertainty_policy(self, policy: str):
         """The :class:`UncertaintyPolicy` of a row with U-policy ``policy`` and this config's
         LSR range and (per-label) blank handling; ``CXRConfigError`` on a malformed option."""
-        from cxr_tf.noisy.uncertainty import UncertaintyPolicy, parse_blank, parse_blank_weight, parse_policy
+        from cxr_tf.noisy.uncertainty import (
+            UncertaintyPolicy,
+            parse_blank,
+            parse_blank_weight,
+            parse_policy,
+        )
 
         def flag(name, fn, v):
             try:
@@ -294,28 +313,51 @@ def _mean_auc(y: np.ndarray, p: np.ndarray, cols) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarchy, eval_cols, log):
-    """Train one method; returns (val probs, test probs, info)."""
+def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarchy, eval_cols, log, cell=None,
+                 strategy=None):
+    """Train one method; returns (val probs, test probs, info).
+
+    ``cell``: the method's folder (a :class:`~cxr_tf.training.sweep.CellRun`): every epoch
+    is committed there (``backup/``: weights with the optimizer, the best-so-far score and
+    weights, the per-epoch history), so a killed training resumes at its last committed
+    epoch; the relabelling phase has its own folder ``<cell>/relabel``. Without ``cell``
+    the training keeps everything in memory (the same numbers). Under ``--strategy
+    multi_worker`` (``strategy``) each phase is the shared custom loop
+    (:func:`cxr_tf.training.distributed.fit_distributed`) with the best epoch by the same
+    validation mean AUC.
+    """
+    import contextlib
+
     import keras
     import tensorflow as tf
 
     from cxr_tf.models import build_model
-    from cxr_tf.noisy.losses import MaskedBinaryCrossentropy, MentorNetBinaryCrossentropy
+    from cxr_tf.noisy.losses import (
+        MaskedBinaryCrossentropy,
+        MentorNetBinaryCrossentropy,
+    )
     from cxr_tf.noisy.methods import (
-        conditional_weights, derive_parent_labels, freeze_all_but, hierarchical_probabilities, make_masked_mixup,
+        conditional_weights,
+        derive_parent_labels,
+        freeze_all_but,
+        hierarchical_probabilities,
+        make_masked_mixup,
         relabel,
     )
     from cxr_tf.noisy.uncertainty import pack
 
+    multi = strategy is not None and getattr(cfg, "strategy", None) == "multi_worker"
+    scope = strategy.scope if multi else contextlib.nullcontext
     keras.utils.set_random_seed(cfg.seed)
     tr, va, te = idx
     raw = derive_parent_labels(raw_train, names, hierarchy) if method.hierarchy else raw_train
     t, w = cfg.uncertainty_policy(method.policy).apply(raw, names)
     if method.hierarchy:
         w = conditional_weights(t, w, names, hierarchy)
-    model = build_model(method.model, num_classes=len(names), image_size=cfg.image_size, head="gap",
-                        freeze_until=0, multilabel=True, class_names=list(names), bn_momentum=cfg.bn_momentum,
-                        weights=cfg.init_map().get(method.model))
+    with scope():
+        model = build_model(method.model, num_classes=len(names), image_size=cfg.image_size, head="gap",
+                            freeze_until=0, multilabel=True, class_names=list(names), bn_momentum=cfg.bn_momentum,
+                            weights=cfg.init_map().get(method.model))
     loss = MentorNetBinaryCrossentropy(method.mentor, cfg.mentor_weight) if method.mentor else MaskedBinaryCrossentropy()
 
     def predict(split_idx, raw_outputs=False):
@@ -324,7 +366,11 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
         p = np.asarray(model.predict(x[split_idx], batch_size=128, verbose=0))
         return hierarchical_probabilities(p, names, hierarchy) if method.hierarchy and not raw_outputs else p
 
-    def fit(targets, weights, epochs, lr):
+    def val_score(y, p):
+        """The selection score: mean AUC on the clean validation labels (of the marginals)."""
+        return _mean_auc(y, hierarchical_probabilities(p, names, hierarchy) if method.hierarchy else p, eval_cols)
+
+    def fit(targets, weights, epochs, lr, folder=None):
         steps = max(1, len(tr) // cfg.batch_size)
         d = tf.data.Dataset.from_tensor_slices((x[tr], pack(targets, weights)))
         d = d.shuffle(len(tr), seed=cfg.seed, reshuffle_each_iteration=True).repeat()
@@ -333,19 +379,30 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
             d = d.map(make_masked_mixup(cfg.mixup_alpha, seed=cfg.seed), num_parallel_calls=1)
         # jit_compile off unless --jit-compile true: XLA compilation of each small model costs more CPU
         # time than it saves here (measured when this study was written)
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=bool(cfg.jit_compile))
-        best, best_w, hist = -1.0, None, []
-        for e in range(epochs):
+        with scope():
+            model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=bool(cfg.jit_compile))
+        if multi:
+            return _fit_distributed(cfg, model, d, steps, x[va], y_clean[va], val_score, epochs, folder, strategy)
+        progress = _Progress(folder, epochs, log) if folder is not None else None
+        best, best_w, hist, start = -1.0, None, [], 0
+        if progress is not None:
+            best, hist, start = progress.restore(model, best, hist)
+        for e in range(start, epochs):
             h = model.fit(d, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
             auc = _mean_auc(y_clean[va], predict(va), eval_cols)
             hist.append((float(h.history["loss"][-1]), auc))
-            if not np.isfinite(auc) or auc > best:
+            improved = not np.isfinite(auc) or auc > best
+            if improved:
                 best, best_w = auc, model.get_weights()
+            if progress is not None:
+                progress.commit(model, e, hist, best, improved)
+        if progress is not None:
+            best_w = progress.finish(model, best_w)
         model.set_weights(best_w)
         return best, hist
 
     t0 = time.time()
-    best, hist = fit(t, w, cfg.epochs, cfg.lr)
+    best, hist = fit(t, w, cfg.epochs, cfg.lr, cell)
     info = {"val_mean_auc": best, "history": hist, "parameters": model.parameter_counts()}
     if method.relabel:
         out_train = predict(tr, raw_outputs=True)
@@ -360,11 +417,162 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
         if method.hierarchy:
             w2 = conditional_weights(t2, w2, names, hierarchy)
         n_train = freeze_all_but(model)
-        best2, hist2 = fit(t2, w2, cfg.relabel_epochs, cfg.lr)
+        from cxr_tf.training.run import RunDir
+
+        best2, hist2 = fit(t2, w2, cfg.relabel_epochs, cfg.lr, RunDir(cell / "relabel") if cell is not None else None)
         info.update(relabel=counts, relabel_trainable=n_train, relabel_history=hist2, val_mean_auc=best2)
     info["seconds"] = round(time.time() - t0, 1)
     log(f"{method.name}: val mean AUC {info['val_mean_auc']:.3f} ({info['seconds']} s)")
     return predict(va), predict(te), info
+
+
+class _Progress:
+    """One phase of a method's training, committed per epoch in ``<folder>/backup/state.json``.
+
+    The commit holds the epoch, the weights with the optimizer (``epoch-K.weights.h5``),
+    the best-so-far validation mean AUC, the file of its weights (``best-K.weights.h5``)
+    and the per-epoch history (also ``<folder>/history.csv``). A restart restores them and
+    trains the remaining epochs; the best epoch is still chosen over all epochs by the
+    validation mean AUC. Not restored: the input order. Each epoch's ``model.fit`` draws its
+    reshuffles from the dataset's seed generator, shared by every repetition and every
+    ``fit`` call (how many draws an epoch makes depends on read-ahead), and MixUp's random
+    state, neither of which can be saved from outside ``fit``. So the epochs after a resume
+    see other batch orders than the uninterrupted run (measured: the same committed epochs,
+    different losses afterwards); an uninterrupted run is unchanged (same numbers as
+    before this class existed).
+    """
+
+    def __init__(self, folder, epochs: int, log):
+        self.folder, self.epochs, self.log = folder, int(epochs), log
+        self.backup = Path(str(folder)) / "backup"
+        self.best_file: str | None = None
+
+    def restore(self, model, best, hist):
+        from cxr_tf.training.resume import (
+            read_state,
+            restore_weights,
+            truncate_history_csv,
+        )
+
+        state = read_state(self.backup)
+        start = state.epoch if state else 0
+        truncate_history_csv(Path(str(self.folder)) / "history.csv", start)
+        if state is None:
+            return best, hist, 0
+        self.log(f"resuming {self.folder}: {state.epoch} of {self.epochs} epochs done"
+                 + (" (training had finished)" if state.complete else ""))
+        restore_weights(model, self.backup, state)
+        saved = state.callbacks
+        best = float(saved["best"]) if saved.get("best") is not None else float("nan")
+        hist = [tuple(h) for h in saved.get("history", [])][:start]
+        self.best_file = saved.get("best_weights")
+        return best, hist, start
+
+    def commit(self, model, epoch: int, hist, best, improved: bool) -> None:
+        import csv
+
+        from cxr_tf.training.resume import save_weights_atomic, write_json_atomic
+
+        self.backup.mkdir(parents=True, exist_ok=True)
+        if improved:
+            self.best_file = f"best-{epoch + 1:04d}.weights.h5"
+            save_weights_atomic(model, self.backup / self.best_file, optimizer=False)
+        name = f"epoch-{epoch + 1:04d}.weights.h5"
+        save_weights_atomic(model, self.backup / name)
+        path = Path(str(self.folder)) / "history.csv"
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            wr = csv.writer(f)
+            if new:
+                wr.writerow(["epoch", "loss", "val_mean_auc"])
+            wr.writerow([epoch, *hist[-1]])
+        write_json_atomic(self.backup / "state.json", {  # the commit point of this epoch
+            "epoch": epoch + 1, "complete": epoch + 1 >= self.epochs, "weights": name,
+            "callbacks": {"best": None if not np.isfinite(best) else float(best), "best_weights": self.best_file,
+                          "history": [[float(a), None if not np.isfinite(b) else float(b)] for a, b in hist]}})
+        keep = {name, self.best_file}
+        for p in self.backup.glob("*.weights.h5"):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+
+    def finish(self, model, best_w):
+        """The best weights: in memory when trained in this process, else from the backup."""
+        if best_w is not None or not self.best_file:
+            return best_w
+        from cxr_tf.training.resume import load_model_weights
+
+        current = model.get_weights()
+        load_model_weights(model, self.backup / self.best_file)
+        best_w = model.get_weights()
+        model.set_weights(current)
+        return best_w
+
+
+def _fit_distributed(cfg, model, dataset, steps, x_val, y_val, val_score, epochs, folder, strategy):
+    """One training phase under ``--strategy multi_worker``: the shared custom loop, best
+    epoch by the validation mean AUC (the same rule as the one-worker loop); every worker
+    continues from the best weights. Returns ``(best, [(loss, val mean AUC) per epoch])``."""
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from cxr_tf.training.distributed import Monitor, fit_distributed
+    from cxr_tf.training.flow import restore_best
+
+    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(128)
+    pipes = (SimpleNamespace(dataset=dataset, steps=steps), SimpleNamespace(dataset=val, num_examples=len(x_val)),
+             None)
+    monitor = Monitor("val_mean_auc", val_score, better=lambda c, b: not np.isfinite(c) or c > b, initial=-1.0)
+    history, _ = fit_distributed(cfg, model, None, pipes, folder, strategy, monitor=monitor, classifier=False,
+                                 epochs=epochs, patience=0, val_loss=False, best_on_every_worker=True)
+    hist = list(zip(history.get("loss", []), history.get("val_mean_auc", [])))
+    best = -1.0
+    for _, auc in hist:
+        if not np.isfinite(auc) or auc > best:
+            best = auc
+    restore_best(model, folder)
+    return float(best), [(float(a), float(b)) for a, b in hist]
+
+
+def cell_name(method_name: str) -> str:
+    """A method's folder name: ``hybrid_tiny + MentorNet 0.3`` -> ``hybrid_tiny_MentorNet_0.3``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", method_name).strip("_") or "method"
+
+
+def method_cell(cfg, method: Method, run_dir, strategy, train):
+    """One method in its cell folder ``cells/<name>``: reused when finished (``result.json``
+    naming the same method, ``predictions.npz``), else ``train(cell)`` -> ``(val probs,
+    test probs, info)``, written there (the chief's). Every worker decides from the chief's
+    cell, so all of them train the same methods."""
+    from cxr_tf.training.distributed import chief_run_dir
+    from cxr_tf.training.flow import is_chief, log
+    from cxr_tf.training.sweep import CellRun
+
+    cell = CellRun(run_dir, cell_name(method.name))
+    done = chief_run_dir(cfg, cell)
+    want = dataclasses.asdict(method)
+    if (done / "result.json").is_file() and (done / "predictions.npz").is_file():
+        res = json.loads((done / "result.json").read_text())
+        if res.get("method") == want:
+            log(f"{method.name}: done before, reusing {done / 'result.json'}")
+            with np.load(done / "predictions.npz") as z:
+                return z["val"], z["test"], res["info"]
+    pv, pt, info = train(cell)
+    # numbers as JSON has them (numpy scalars -> Python), the same whether trained now or reused
+    info = json.loads(json.dumps(info, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+    if is_chief(cfg):
+        np.savez_compressed(cell / "predictions.npz", val=pv, test=pt)
+        cell.write_json("result.json", {"method": want, "info": info})  # the commit point: a finished method
+        from cxr_tf.training.resume import finish
+
+        finish(cell)
+        if (cell / "relabel").is_dir():
+            from cxr_tf.training.run import RunDir
+
+            finish(RunDir(cell / "relabel"))
+    return pv, pt, info
 
 
 # ------------------------------------------------------------------------- evaluation
@@ -445,14 +653,17 @@ def run(cfg: ChexpertNoisyConfig) -> dict:
     from cxr_tf.training import flow as common
 
     t0 = time.time()
-    common.setup_runtime(cfg)
+    strategy = common.setup_runtime(cfg)
     from cxr_tf.datasets import patient_split, save_splits
     from cxr_tf.datasets.splits import split_summary
     from cxr_tf.noisy.methods import restrict_hierarchy
     from cxr_tf.training.run import create_run_dir
 
-    run_dir = create_run_dir(cfg)
-    common.log(f"run folder: {run_dir}")
+    # A re-run of the same command (or --run-dir DIR) reopens the run: finished methods
+    # are reused (cells/<method>/result.json), an interrupted one resumes at its last epoch.
+    run_dir = create_run_dir(cfg, reuse=True)
+    common.log(f"run folder: {run_dir}" + (" (resuming: same config as before; finished methods are reused)"
+                                           if run_dir.reused else ""))
     ds, layout = load_data(cfg)
     ds = common.take_subset(cfg, ds)  # --max-images / --fraction: whole patients
     names = ds.class_names
@@ -498,8 +709,12 @@ def run(cfg: ChexpertNoisyConfig) -> dict:
     probs_val, probs, infos = {}, {}, {}
     for m in methods:
         raw = ds.labels[idx[0]] if m.name.endswith("(reference)") else raw_train
-        pv, pt, info = train_method(cfg, m, names, x, raw, idx, y_eval, hierarchy, cols, common.log)
+        pv, pt, info = method_cell(cfg, m, run_dir, strategy, lambda cell, m=m, raw=raw: train_method(
+            cfg, m, names, x, raw, idx, y_eval, hierarchy, cols, common.log, cell=cell, strategy=strategy))
         probs_val[m.name], probs[m.name], infos[m.name] = pv, pt, info
+    if not common.is_chief(cfg):  # a non-chief worker trains only; the chief writes the results
+        common.log("worker done (training); the chief writes the results")
+        return {"study": cfg.study, "chief": False, "wall_seconds": round(time.time() - t0, 1)}
     if cfg.study == "noise":
         baseline = next((m.name for m in methods if m.policy == "ignore" and not (m.hierarchy or m.mixup or m.mentor
                          or m.relabel) and not m.name.endswith("(reference)")), None)

@@ -18,6 +18,12 @@ Writes ``runs/ssl_finetune/<UTC timestamp>/``: config, splits, one sub-folder pe
 (fraction, arm) with TensorBoard, history and best checkpoint, ``results.csv``,
 ``results.md``, ``metrics.json`` and ``plots/label_efficiency.png``.
 
+Resume: re-running the same command (or ``--run-dir DIR``) reopens the run; finished points
+(``point.json``) are reused and an interrupted one resumes at its last committed epoch
+(:mod:`cxr_tf.training.resume`); ``--smoke``'s pretraining sits in ``<run>/pretrain`` and is
+reused too. ``--strategy multi_worker`` (TF_CONFIG, ``--run-dir``) trains every point with
+the shared custom loop (:mod:`cxr_tf.training.distributed`); only the chief evaluates and writes.
+
 Results (2-core AMD EPYC VM, run pinned to 1 core, TF 2.21; details and the exact commands in
 ``experiments/results/ssl.md``): kermany224 normal vs pneumonia, 64 px, depth-3 width-16
 encoder pretrained 2 epochs, 60 steps x 32 images per point, one seed, 340 s wall in all.
@@ -28,6 +34,7 @@ AUC gain only at 100%).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -137,48 +144,80 @@ def label_subset(ds, fraction: float, seed: int, min_per_class: int = 2) -> np.n
 
 
 def _smoke_init(cfg, run_dir) -> str:
-    """--smoke without --init: a tiny pretraining on synthetic CXRs first."""
-    from cxr_tf.experiments import ssl_pretrain
+    """--smoke without --init: a tiny pretraining on synthetic CXRs first (in ``<run>/pretrain``:
+    a re-run of the same command reuses it, or resumes it when it was killed)."""
+    from cxr_tf.ssl import pretrain
 
-    pre = ssl_pretrain.parse(["--smoke", "--runs-dir", str(run_dir / "pretrain"), "--image-size",
-                              str(cfg.image_size), "--seed", str(cfg.seed)])
-    return "ssl:" + ssl_pretrain.run(pre)["encoder"]
+    folder = run_dir / "pretrain"
+    encoder = folder / "ssl_encoder"
+    if (folder / "metrics.json").is_file() and (encoder / "ssl_encoder.json").is_file():
+        from cxr_tf.training import flow as common
+
+        common.log(f"smoke pretraining: done before, reusing {encoder}")
+        return f"ssl:{encoder}"
+    pre = pretrain.parse(["--smoke", "--run-dir", str(folder), "--image-size", str(cfg.image_size),
+                          "--seed", str(cfg.seed)])
+    return "ssl:" + pretrain.run(pre)["encoder"]
 
 
 ARMS = ("ssl", "scratch", "preset")
 ARM_LABELS = {"ssl": "SSL init", "scratch": "scratch", "preset": "preset trunk"}
 
 
-def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, class_names, seed=None):
-    """Train one (fraction, arm) and return its test metrics."""
+def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, class_names, seed=None,
+                strategy=None):
+    """Train one (fraction, arm) and return ``(test metrics, fit seconds)``.
+
+    ``run_dir`` is the point's folder: a killed training resumes there from its last
+    committed epoch (:mod:`cxr_tf.training.resume`). Under ``--strategy multi_worker`` the
+    shared custom loop trains (:func:`cxr_tf.training.distributed.fit_distributed`); a
+    non-chief worker returns ``(None, seconds)`` after training (only the chief evaluates).
+    """
+    import contextlib
+
     import keras
 
     from cxr_tf.data import build_pipeline
     from cxr_tf.evaluation import classification_metrics
-    from cxr_tf.training import flow as common
     from cxr_tf.models import build_model
+    from cxr_tf.training import flow as common
     from cxr_tf.training import resume
     from cxr_tf.training.callbacks import standard_callbacks
     from cxr_tf.training.loop import compile_classifier
 
     seed = cfg.seed if seed is None else seed
+    multi = cfg.strategy == "multi_worker"
     keras.utils.set_random_seed(seed)  # every arm: the same head init and batches
     weights = {"ssl": init, "preset": cfg.preset}.get(arm)
-    model = build_model(backbone, num_classes=len(class_names), image_size=cfg.image_size, head=cfg.head,
-                        dropout=cfg.dropout, freeze_until=cfg.freeze_until, class_names=class_names,
-                        weights=weights, bn_momentum=cfg.bn_momentum)
+    with strategy.scope() if multi else contextlib.nullcontext():
+        model = build_model(backbone, num_classes=len(class_names), image_size=cfg.image_size, head=cfg.head,
+                            dropout=cfg.dropout, freeze_until=cfg.freeze_until, class_names=class_names,
+                            weights=weights, bn_momentum=cfg.bn_momentum)
     train = build_pipeline(train_sub, cfg.image_size, cfg.batch_size, training=True, policy=cfg.augment,
                            balance=cfg.balance if cfg.balance == "oversample" else "none", seed=seed,
                            epoch_size=cfg.steps_per_epoch * cfg.batch_size)
     val = build_pipeline(val_ds, cfg.image_size, cfg.batch_size, training=False)
     test = build_pipeline(test_ds, cfg.image_size, cfg.batch_size, training=False)
-    compile_classifier(model, cfg.optimizer_config(), train.steps, cfg.epochs, cfg.label_smoothing)
-    state, data = resume.prepare_resume(run_dir, train.dataset, train.steps)
+    with strategy.scope() if multi else contextlib.nullcontext():
+        compile_classifier(model, cfg.optimizer_config(), train.steps, cfg.epochs, cfg.label_smoothing)
     t = time.time()
-    model.fit(data, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
-              callbacks=standard_callbacks(run_dir, monitor="val_auc", patience=cfg.early_stopping),
-              shuffle=False, verbose=2)
-    fit_s = time.time() - t
+    if multi:
+        from cxr_tf.training.distributed import fit_distributed
+
+        # no class weights (as model.fit here), no sample-image logger (points are many)
+        fit_distributed(cfg, model, None, (train, val, test), run_dir, strategy, class_weights=False)
+        fit_s = time.time() - t
+        if not common.is_chief(cfg):
+            return None, fit_s
+    else:
+        state, data = resume.prepare_resume(run_dir, train.dataset, train.steps)
+        if state is not None:
+            common.log(f"resuming {run_dir}: {state.epoch} of {cfg.epochs} epochs done"
+                       + (" (training had finished)" if state.complete else ""))
+        model.fit(data, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
+                  callbacks=standard_callbacks(run_dir, monitor="val_auc", patience=cfg.early_stopping),
+                  shuffle=False, verbose=2)
+        fit_s = time.time() - t
     common.restore_best(model, run_dir)
     prob = np.asarray(model.predict(test.dataset, verbose=0))
     m = classification_metrics(test_ds.class_index(), prob, class_names, seed=seed)
@@ -227,14 +266,18 @@ def run(cfg: SSLFinetuneConfig) -> dict:
     from cxr_tf.training import flow as common
 
     t0 = time.time()
-    strategy = common.setup_runtime(cfg)  # noqa: F841 (seeds, determinism)
+    strategy = common.setup_runtime(cfg)  # seeds, determinism, the strategy
     import pandas as pd
 
     from cxr_tf.evaluation import write_metrics_json
     from cxr_tf.training.run import RunDir, create_run_dir
 
-    run_dir = create_run_dir(cfg)
-    common.log(f"run folder: {run_dir}")
+    # A re-run of the same command (or --run-dir DIR) reopens the run: finished points are
+    # reused, an interrupted one resumes at its last committed epoch.
+    run_dir = create_run_dir(cfg, reuse=True)
+    chief = common.is_chief(cfg)
+    common.log(f"run folder: {run_dir}" + (" (resuming: same config as before; finished points are reused)"
+                                           if run_dir.reused else ""))
     init = cfg.init or (_smoke_init(cfg, run_dir) if "ssl" in cfg.arm_list() else "")
     from cxr_tf.models.unet_cbam import resolve_ssl_path, ssl_backbone_name
 
@@ -290,9 +333,22 @@ def run(cfg: SSLFinetuneConfig) -> dict:
                 point = RunDir(run_dir / (f"frac{tag}_{arm}"))
                 common.log(f"fraction {fraction:g}, seed {seed} ({len(sub)} images, "
                            f"{sub.meta['patient_id'].nunique()} patients), {arm}")
-                m, fit_s = train_point(cfg, arm, backbones[arm], init, sub, val_ds, test_ds, point, ds.class_names,
-                                       seed=seed)
-                write_metrics_json(str(point / "metrics.json"), m)
+                # finished: the chief's point.json (every worker decides alike: none trains alone)
+                from cxr_tf.training.distributed import chief_run_dir
+
+                done_dir = chief_run_dir(cfg, point)
+                done = done_dir / "point.json"
+                if done.is_file() and (done_dir / "metrics.json").is_file():
+                    common.log(f"  done before, reusing {done_dir / 'metrics.json'}")
+                    m = json.loads((done_dir / "metrics.json").read_text())
+                    fit_s = json.loads(done.read_text())["fit_seconds"]
+                else:
+                    m, fit_s = train_point(cfg, arm, backbones[arm], init, sub, val_ds, test_ds, point,
+                                           ds.class_names, seed=seed, strategy=strategy)
+                    if not chief:  # a non-chief worker trains only (the chief writes the results)
+                        continue
+                    write_metrics_json(str(point / "metrics.json"), m)
+                    point.write_json("point.json", {"fit_seconds": fit_s})  # the point is finished
                 auc, acc = m["macro_auc"], m["accuracy"]
                 a_ci, c_ci = auc.get("bootstrap_ci") or [None, None], acc.get("wilson_ci") or [None, None]
                 rows.append({"dataset": ds.name, "fraction": fraction, "seed": seed, "arm": arm,
@@ -305,6 +361,9 @@ def run(cfg: SSLFinetuneConfig) -> dict:
                 # after every point, so a run stopped by a time limit keeps what it measured
                 pd.DataFrame(rows).to_csv(run_dir / "results.csv", index=False)
                 (run_dir / "results.md").write_text(results_markdown(pd.DataFrame(rows)))
+    if not chief:
+        common.log("worker done (training); the chief writes the results")
+        return {"experiment": cfg.experiment, "chief": False, "wall_seconds": round(time.time() - t0, 1)}
     table = pd.DataFrame(rows)
     table.to_csv(run_dir / "results.csv", index=False)
     md = results_markdown(table)

@@ -8,7 +8,14 @@ keras-team/keras#20585, FACTS.md). The step here is the standard TF2 recipe:
 optimizer all-reduces the gradients) with the per-example loss summed and divided by
 the GLOBAL batch, and ``strategy.reduce`` for what is logged.
 
-What a run gives, the same as the ``model.fit`` path: ``history.csv`` (one row per
+Any compiled model: the per-example loss is the compiled loss unreduced (averaged over
+the non-batch axes), and a :class:`Monitor` (a score of the validation targets and
+predictions, its name and its "better" rule) picks the best epoch: the classifier's
+``val_auc`` by default, validation SSIM for the SSL autoencoder (``cxr_tf.ssl.pretrain``),
+the clean-label mean AUC for the noisy-label methods (``chexpert_noisy``). A folder inside
+the run (a sweep cell) has its checkpoint in the chief's same sub-folder.
+
+What a classifier run gives, the same as the ``model.fit`` path: ``history.csv`` (one row per
 epoch: loss, accuracy, val_loss, val_accuracy, val_auc, learning_rate), TensorBoard
 scalars (``epoch_*``), the validation confusion matrix per epoch, a grid of training
 inputs, ``checkpoints/best.weights.h5`` (best ``val_auc``), early stopping, and resume:
@@ -65,11 +72,13 @@ choice for GPUs; the default ``AUTO`` picks it).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -123,17 +132,58 @@ def configure_worker(cfg) -> None:
 
 
 def chief_run_dir(cfg, run) -> Path:
-    return Path(cfg.__dict__.get("_chief_run_dir") or str(run))
+    """The chief's folder for this worker's ``run``: the run folder itself, or for a folder
+    inside it (a sweep cell, ``<run>/cells/<name>``) the same sub-folder of the chief's run."""
+    chief = cfg.__dict__.get("_chief_run_dir")
+    if not chief:
+        return Path(str(run))
+    own = Path(str(cfg.run_dir))
+    try:
+        rel = Path(str(run)).relative_to(own)
+    except ValueError:
+        return Path(chief)
+    return Path(chief) / rel
+
+
+# --------------------------------------------------------------------------- monitor
+@dataclasses.dataclass
+class Monitor:
+    """What selects the best epoch (and drives early stopping) in :func:`fit_distributed`.
+
+    Attributes:
+        name: the history column (``val_auc``, ``val_ssim``, ...).
+        fn: ``fn(y_val, prob) -> float`` on the whole validation set (numpy arrays);
+            ``None``: the classifier's AUC (what ``model.fit`` logs as ``val_auc``).
+        better: ``better(current, best) -> bool``; default: finite and greater.
+        initial: the best value before the first epoch.
+    """
+
+    name: str = "val_auc"
+    fn: Callable | None = None
+    better: Callable | None = None
+    initial: float = -np.inf
+
+    def improved(self, current: float, best: float) -> bool:
+        if self.better is not None:
+            return bool(self.better(current, best))
+        return bool(np.isfinite(current) and current > best)
 
 
 # --------------------------------------------------------------------------- helpers
 def _per_example_loss(model, label_smoothing: float):
+    """The compiled loss, unreduced (one value per example; any other axes averaged)."""
     import keras
 
     loss = getattr(model, "loss", None)
     if isinstance(loss, keras.losses.Loss):
         conf = dict(loss.get_config(), reduction=None)
-        return type(loss).from_config(conf)
+        fn = type(loss).from_config(conf)
+
+        def per_example(y, p):
+            v = fn(y, p)
+            return keras.ops.mean(v, axis=tuple(range(1, len(v.shape)))) if len(v.shape) > 1 else v
+
+        return per_example
     if model.multilabel:
         return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, reduction=None)
     return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
@@ -187,27 +237,45 @@ class _History:
 
 
 # --------------------------------------------------------------------------- the loop
-def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
+def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None, *, monitor: Monitor | None = None,
+                    classifier: bool = True, epochs: int | None = None, patience: int | None = None,
+                    val_loss: bool = True, best_on_every_worker: bool = False, class_weights: bool = True):
     """Train ``model`` (built and compiled under ``strategy.scope()``) with a custom loop.
 
     Args:
         cfg: the experiment config (epochs, batch_size, early_stopping, balance, ...).
-        model: a compiled CXRClassifier (its optimizer and loss are used).
-        train_ds: the training :class:`~cxr_tf.datasets.CXRDataset` (class weights).
-        pipes: ``(train, val, test)`` pipelines; ``train.dataset`` yields GLOBAL batches.
-        run: this worker's :class:`~cxr_tf.training.run.RunDir`.
+        model: a compiled Keras model (its optimizer and loss are used; the loss unreduced,
+            averaged over the non-batch axes, is the per-example loss).
+        train_ds: the training :class:`~cxr_tf.datasets.CXRDataset` (class weights, sample
+            images; classifiers only; may be ``None`` otherwise).
+        pipes: ``(train, val, test)`` pipelines (objects with ``dataset``, ``steps`` /
+            ``num_examples``); ``train.dataset`` yields GLOBAL batches ``(x, y)``.
+        run: this worker's :class:`~cxr_tf.training.run.RunDir` (a run folder or a sub-folder
+            of it: the chief's counterpart holds the checkpoint, :func:`chief_run_dir`).
         strategy: default ``model.distribute_strategy``.
+        monitor: what picks ``checkpoints/best.weights.h5``; default the classifier's ``val_auc``.
+        classifier: log accuracy, the confusion matrix and sample inputs (a CXRClassifier);
+            ``False`` for any other model (an autoencoder, packed noisy-label targets).
+        epochs, patience: default ``cfg.epochs`` and ``cfg.early_stopping``.
+        val_loss: log the compiled loss on the validation set (off when the validation
+            targets are not what the loss takes, e.g. clean labels for a masked loss).
+        best_on_every_worker: every worker keeps the best weights in its own run folder
+            (the experiment continues from them on every worker, e.g. a second phase).
+        class_weights: weight the loss by class under ``--balance class_weight`` (as
+            ``flow.fit`` does); ``False`` for an experiment whose ``model.fit`` never did.
 
     Returns:
         ``(history dict, seconds)`` like :func:`cxr_tf.training.flow.fit`.
     """
     import tensorflow as tf
 
-    from cxr_tf.data import class_weights
+    from cxr_tf.data import class_weights as _class_weights
     from cxr_tf.training.resume import read_history_csv, truncate_history_csv
 
     strategy = strategy or model.distribute_strategy
     train, val, _ = pipes
+    monitor = monitor or Monitor()
+    epochs = int(cfg.epochs if epochs is None else epochs)
     chief = is_chief()
     chief_run = chief_run_dir(cfg, run)
     n_rep = int(strategy.num_replicas_in_sync)
@@ -220,14 +288,14 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
     optimizer = model.optimizer
     loss_fn = _per_example_loss(model, getattr(cfg, "label_smoothing", 0.0))
     cw = None
-    if getattr(cfg, "balance", None) == "class_weight" and not model.multilabel:
-        w = class_weights(train_ds)
+    if classifier and class_weights and getattr(cfg, "balance", None) == "class_weight" and not model.multilabel:
+        w = _class_weights(train_ds)
         cw = tf.constant([w[i] for i in range(len(w))], tf.float32)
 
     # ---- state: model, optimizer, epoch, best val_auc, patience counter (one commit point)
     with strategy.scope():
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        best_var = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_val_auc")
+        best_var = tf.Variable(float(monitor.initial), dtype=tf.float64, trainable=False, name="best_val_auc")
         wait_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="patience_wait")
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
@@ -247,7 +315,7 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
     history = _History(run / "history.csv", True)
     truncate_history_csv(run / "history.csv", start)
     if restored:
-        logger.info("resuming %s: %s of %s epochs done (%s)", chief_run, start, cfg.epochs, restored)
+        logger.info("resuming %s: %s of %s epochs done (%s)", chief_run, start, epochs, restored)
 
     # ---- input: every worker slices its part out of the same global batches
     base = train.dataset.skip(start * steps) if start else train.dataset
@@ -277,6 +345,8 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
                 loss += tf.add_n(model.losses) / n_rep
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        if not classifier:
+            return loss, tf.constant(0.0)
         if model.multilabel:
             hit = tf.reduce_mean(tf.cast(tf.equal(prob > 0.5, y > 0.5), tf.float32), axis=-1)
         else:
@@ -297,6 +367,7 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
     writers = {}
     if chief:
         writers = {k: tf.summary.create_file_writer(str(run.tensorboard / k)) for k in ("train", "validation")}
+    if chief and classifier and train_ds is not None:
         # From a separate pipeline object: iterating train.dataset itself would advance the
         # shared reshuffle seed generator and change the batches training sees.
         from cxr_tf.training.inputs import train_pipeline
@@ -304,34 +375,42 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
         _log_sample_inputs(train_pipeline(cfg, train_ds).dataset, writers["train"], model.class_names)
 
     t0 = time.time()
-    patience = int(getattr(cfg, "early_stopping", 0) or 0)
+    patience = int((getattr(cfg, "early_stopping", 0) if patience is None else patience) or 0)
     try:
-        for epoch in range(start, cfg.epochs):
+        for epoch in range(start, epochs):
             total_loss, total_hits = 0.0, 0.0
             for _ in range(steps):
                 loss, hits = train_step(iterator)
                 total_loss += float(loss)
                 total_hits += float(hits)
-            logs = {"loss": total_loss / steps, "accuracy": total_hits / (steps * global_batch),
-                    "learning_rate": _learning_rate(optimizer)}
+            logs = {"loss": total_loss / steps, "learning_rate": _learning_rate(optimizer)}
+            if classifier:
+                logs["accuracy"] = total_hits / (steps * global_batch)
             if y_val is not None:
                 prob = np.concatenate([infer(x).numpy() for x, _ in val.dataset])
-                vl = loss_fn(tf.constant(y_val), tf.constant(prob)).numpy()
-                logs["val_loss"] = float(np.mean(vl))
-                if model.multilabel:
-                    logs["val_accuracy"] = float(np.mean((prob > 0.5) == (y_val > 0.5)))
-                else:
-                    logs["val_accuracy"] = float(np.mean(prob.argmax(1) == y_val.argmax(1)))
-                logs["val_auc"] = _auc(y_val, prob, model.multilabel)
-            logger.info(f"epoch {epoch + 1}/{cfg.epochs} ({n_rep} replicas): "
+                if val_loss:
+                    vl = loss_fn(tf.constant(y_val), tf.constant(prob)).numpy()
+                    logs["val_loss"] = float(np.mean(vl))
+                if classifier:
+                    if model.multilabel:
+                        logs["val_accuracy"] = float(np.mean((prob > 0.5) == (y_val > 0.5)))
+                    else:
+                        logs["val_accuracy"] = float(np.mean(prob.argmax(1) == y_val.argmax(1)))
+                logs[monitor.name] = (_auc(y_val, prob, model.multilabel) if monitor.fn is None
+                                      else float(monitor.fn(y_val, prob)))
+            logger.info(f"epoch {epoch + 1}/{epochs} ({n_rep} replicas): "
                         + " - ".join(f"{k}: {v:.4f}" for k, v in sorted(logs.items())))
 
             # best checkpoint (chief) and early stopping: the same decisions on every worker
-            current = logs.get("val_auc", float("nan"))
-            improved = bool(np.isfinite(current) and current > float(best_var.numpy()))
+            current = logs.get(monitor.name, float("nan"))
+            improved = monitor.improved(current, float(best_var.numpy()))
             if improved:
                 best_var.assign(current)
                 wait_var.assign(0)
+                if best_on_every_worker and not chief:
+                    from cxr_tf.training.resume import save_weights_atomic
+
+                    save_weights_atomic(model, run.checkpoints / "best.weights.h5", optimizer=False)
                 if chief:
                     from cxr_tf.training.resume import save_weights_atomic
 
@@ -343,7 +422,7 @@ def fit_distributed(cfg, model, train_ds, pipes, run, strategy=None):
 
             history.append(epoch, logs)
             if chief:
-                _log_epoch(writers, epoch, logs, y_val, prob if y_val is not None else None, model)
+                _log_epoch(writers, epoch, logs, y_val, prob if y_val is not None and classifier else None, model)
             epoch_var.assign(epoch + 1)
             manager.save(checkpoint_number=epoch + 1)  # the commit point of this epoch
             if stop:
@@ -406,7 +485,7 @@ def _log_epoch(writers, epoch, logs, y_val, prob, model) -> None:
         for k, v in logs.items():
             if k.startswith("val_"):
                 tf.summary.scalar(f"epoch_{k[4:]}", v, step=epoch)
-        if prob is not None and not model.multilabel:
+        if prob is not None and not getattr(model, "multilabel", True):
             from sklearn.metrics import confusion_matrix
 
             from cxr_tf.evaluation import confusion_matrix_image
