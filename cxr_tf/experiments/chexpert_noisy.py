@@ -73,7 +73,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.errors import CXRConfigError
-from cxr_tf.training.config import TrainConfig, opt, parse_config
+from cxr_tf.training.config import NormConfig, TrainConfig, opt, parse_config
 
 #: NIH has no "Lung Opacity" label; CheXpert's Lung Opacity covers these findings, so for the
 #: hierarchy on NIH data it is derived as their OR (NIH's 14 labels are exhaustive, so all
@@ -82,7 +82,7 @@ NIH_LUNG_OPACITY_FROM = ["Atelectasis", "Consolidation", "Edema", "Pneumonia", "
 
 
 @dataclasses.dataclass
-class ChexpertNoisyConfig(TrainConfig):
+class ChexpertNoisyConfig(NormConfig, TrainConfig):
     experiment: str = "chexpert_noisy"
     study: str = opt("compare", "compare (models and ideas on NIH/CheXpert) | noise (injected label noise)")
     image_dir: str | None = opt(None, "NIH image folder (default: <data-dir>/nih1000_64)")
@@ -110,7 +110,7 @@ class ChexpertNoisyConfig(TrainConfig):
     batch_size: int = 32
     epochs: int = 10
     lr: float = 1e-3
-    bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
+    bn_momentum: float = 0.9
     augment: str = "none"
     balance: str = "none"
 

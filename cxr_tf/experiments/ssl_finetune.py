@@ -41,14 +41,14 @@ import time
 
 import numpy as np
 
-from cxr_tf.training.config import TrainConfig, opt, parse_config
+from cxr_tf.training.config import HeadConfig, TrainConfig, opt, parse_config
+from cxr_tf.training.task import TaskDataConfig
 
 
 @dataclasses.dataclass
-class SSLFinetuneConfig(TrainConfig):
+class SSLFinetuneConfig(HeadConfig, TaskDataConfig, TrainConfig):
     experiment: str = "ssl_finetune"
-    classes: str = opt("pneumonia", "Kermany/synthetic task: pneumonia (normal/pneumonia) | 3class (a CSV manifest: "
-                       "its labels unless --classes is given; class folders: their names)")
+    classes: str = "pneumonia"
     init: str = opt("", "SSL encoder to fine-tune, ssl:<ssl_pretrain run folder> (required for the ssl arm "
                     "unless --smoke)")
     preset: str = opt("preset:cxr_pneumonia_unet128", "trunk of the preset arm: preset:NAME (a supervised preset of "
@@ -63,15 +63,13 @@ class SSLFinetuneConfig(TrainConfig):
     batch_size: int = 32
     epochs: int = 6
     lr: float = 1e-3
-    head: str = opt("gap", "classifier head: gap | fc256-128")
-    dropout: float = opt(0.0, "dropout before the output layer")
-    freeze_until: int = opt(0, "freeze encoder layers before this index (0: train all)")
-    bn_momentum: float = opt(0.9, "BatchNorm moving-average momentum")
+    head: str = "gap"
+    freeze_until: int = 0
+    bn_momentum: float = 0.9
     augment: str = "none"
     early_stopping: int = 0
-    synthetic_n: int = opt(600, "images of the embedded synthetic dataset (without --data-dir)")
-    synthetic_difficulty: float = opt(0.3, "lesion subtlety of the synthetic set (lower = easier)")
-    export: bool = opt(False, "export a SavedModel for TF Serving after training")
+    synthetic_n: int = 600
+    synthetic_difficulty: float = 0.3
 
     def apply_smoke(self) -> None:
         super().apply_smoke()

@@ -123,17 +123,24 @@ class NormConfig:
 
 
 @dataclasses.dataclass
-class TrunkConfig(NormConfig):
-    """A classifier's trunk and head: weights, freezing, head, dropout (for experiments that
-    build several backbones, e.g. a model zoo)."""
+class HeadConfig(NormConfig):
+    """A classifier's head and how much of its trunk trains."""
+
+    SECTION = "model"
+    freeze_until: str = opt("0", "freeze backbone layers before this index or layer name (0: train all)")
+    head: str = opt("fc256-128", "classifier head: gap | fc256-128 (GAP-Dense(256)-Dense(128), the seed's extra FC)")
+    dropout: float = opt(0.0, "dropout before the output layer")
+
+
+@dataclasses.dataclass
+class TrunkConfig(HeadConfig):
+    """A classifier's trunk weights too (for experiments that build several backbones, e.g. a
+    model zoo)."""
 
     SECTION = "model"
     weights: str = opt("none", "backbone weights: none (from scratch) | imagenet (needs a download) | PATH | "
                        "preset:NAME | run:DIR | ssl:DIR | https://...#sha256=...")
-    freeze_until: str = opt("0", "freeze backbone layers before this index or layer name (0: train all)")
     allow_random_frozen: bool = opt(False, "allow --freeze-until > 0 with --weights none (freezes random layers)")
-    head: str = opt("fc256-128", "classifier head: gap | fc256-128 (GAP-Dense(256)-Dense(128), the seed's extra FC)")
-    dropout: float = opt(0.0, "dropout before the output layer")
 
 
 @dataclasses.dataclass

@@ -50,17 +50,15 @@ class CellRun(RunDir):
 
 def worker_config(cfg, sub: str, **changes):
     """A copy of ``cfg`` (``changes`` applied) for a training in ``<run>/<sub>`` (a cell, a
-    model of a comparison). Under ``--strategy multi_worker`` every worker then restores the
-    chief's backup of THAT training (``<chief run>/<sub>/backup``), not the run's own, so
-    the trainings of one run never share a checkpoint. Without multi-worker: a plain copy."""
+    model of a comparison), keeping the non-field attributes (the chief's run folder). Under
+    ``--strategy multi_worker`` every worker then restores the chief's backup of THAT training
+    (:func:`cxr_tf.training.distributed.chief_run_dir` maps ``<own run>/<sub>`` onto
+    ``<chief run>/<sub>``), so the trainings of one run never share a checkpoint."""
     import copy
 
-    out = copy.copy(cfg)  # keeps the non-field attributes (the chief's run folder)
+    out = copy.copy(cfg)
     for k, v in changes.items():
         setattr(out, k, v)
-    chief = cfg.__dict__.get("_chief_run_dir")
-    if chief:
-        out.__dict__["_chief_run_dir"] = str(Path(chief) / sub)
     return out
 
 

@@ -19,7 +19,7 @@ from cxr_tf.training import config as C
 from cxr_tf.training.config import SECTIONS, build_parser, field_section
 
 SECTION_CLASSES = [C.RuntimeConfig, C.DataConfig, C.OptimizerConfig, C.OptimisationConfig, C.EvaluationConfig,
-                   C.NormConfig, C.TrunkConfig, C.ModelConfig, C.ExportDirConfig, C.ExportConfig]
+                   C.NormConfig, C.HeadConfig, C.TrunkConfig, C.ModelConfig, C.ExportDirConfig, C.ExportConfig]
 
 #: (experiment, field): why its help differs from the section's.
 OWN_MEANING = {
@@ -38,9 +38,9 @@ def _experiment_configs():
     out = {}
     for m in pkgutil.iter_modules(ex.__path__):
         mod = importlib.import_module(f"cxr_tf.experiments.{m.name}")
-        for obj in vars(mod).values():
-            if (isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == mod.__name__
-                    and obj.__name__.endswith("Config")):
+        for obj in vars(mod).values():  # the config whose experiment is this module (own or re-exported)
+            if (isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__name__.endswith("Config")
+                    and getattr(obj, "experiment", None) == m.name):
                 out[m.name] = obj
     return out
 
