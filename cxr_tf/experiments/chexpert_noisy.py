@@ -345,6 +345,7 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
         relabel,
     )
     from cxr_tf.noisy.uncertainty import pack
+    from cxr_tf.training.resume import EpochProgress
 
     multi = strategy is not None and getattr(cfg, "strategy", None) == "multi_worker"
     scope = strategy.scope if multi else contextlib.nullcontext
@@ -383,7 +384,7 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
             model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=bool(cfg.jit_compile))
         if multi:
             return _fit_distributed(cfg, model, d, steps, x[va], y_clean[va], val_score, epochs, folder, strategy)
-        progress = _Progress(folder, epochs, log) if folder is not None else None
+        progress = EpochProgress(folder, epochs, log) if folder is not None else None
         best, best_w, hist, start = -1.0, None, [], 0
         if progress is not None:
             best, hist, start = progress.restore(model, best, hist)
@@ -424,88 +425,6 @@ def train_method(cfg, method: Method, names, x, raw_train, idx, y_clean, hierarc
     info["seconds"] = round(time.time() - t0, 1)
     log(f"{method.name}: val mean AUC {info['val_mean_auc']:.3f} ({info['seconds']} s)")
     return predict(va), predict(te), info
-
-
-class _Progress:
-    """One phase of a method's training, committed per epoch in ``<folder>/backup/state.json``.
-
-    The commit holds the epoch, the weights with the optimizer (``epoch-K.weights.h5``),
-    the best-so-far validation mean AUC, the file of its weights (``best-K.weights.h5``)
-    and the per-epoch history (also ``<folder>/history.csv``). A restart restores them and
-    trains the remaining epochs; the best epoch is still chosen over all epochs by the
-    validation mean AUC. Not restored: the input order. Each epoch's ``model.fit`` draws its
-    reshuffles from the dataset's seed generator, shared by every repetition and every
-    ``fit`` call (how many draws an epoch makes depends on read-ahead), and MixUp's random
-    state, neither of which can be saved from outside ``fit``. So the epochs after a resume
-    see other batch orders than the uninterrupted run (measured: the same committed epochs,
-    different losses afterwards); an uninterrupted run is unchanged (same numbers as
-    before this class existed).
-    """
-
-    def __init__(self, folder, epochs: int, log):
-        self.folder, self.epochs, self.log = folder, int(epochs), log
-        self.backup = Path(str(folder)) / "backup"
-        self.best_file: str | None = None
-
-    def restore(self, model, best, hist):
-        from cxr_tf.training.resume import (
-            read_state,
-            restore_weights,
-            truncate_history_csv,
-        )
-
-        state = read_state(self.backup)
-        start = state.epoch if state else 0
-        truncate_history_csv(Path(str(self.folder)) / "history.csv", start)
-        if state is None:
-            return best, hist, 0
-        self.log(f"resuming {self.folder}: {state.epoch} of {self.epochs} epochs done"
-                 + (" (training had finished)" if state.complete else ""))
-        restore_weights(model, self.backup, state)
-        saved = state.callbacks
-        best = float(saved["best"]) if saved.get("best") is not None else float("nan")
-        hist = [tuple(h) for h in saved.get("history", [])][:start]
-        self.best_file = saved.get("best_weights")
-        return best, hist, start
-
-    def commit(self, model, epoch: int, hist, best, improved: bool) -> None:
-        import csv
-
-        from cxr_tf.training.resume import save_weights_atomic, write_json_atomic
-
-        self.backup.mkdir(parents=True, exist_ok=True)
-        if improved:
-            self.best_file = f"best-{epoch + 1:04d}.weights.h5"
-            save_weights_atomic(model, self.backup / self.best_file, optimizer=False)
-        name = f"epoch-{epoch + 1:04d}.weights.h5"
-        save_weights_atomic(model, self.backup / name)
-        path = Path(str(self.folder)) / "history.csv"
-        new = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", newline="") as f:
-            wr = csv.writer(f)
-            if new:
-                wr.writerow(["epoch", "loss", "val_mean_auc"])
-            wr.writerow([epoch, *hist[-1]])
-        write_json_atomic(self.backup / "state.json", {  # the commit point of this epoch
-            "epoch": epoch + 1, "complete": epoch + 1 >= self.epochs, "weights": name,
-            "callbacks": {"best": None if not np.isfinite(best) else float(best), "best_weights": self.best_file,
-                          "history": [[float(a), None if not np.isfinite(b) else float(b)] for a, b in hist]}})
-        keep = {name, self.best_file}
-        for p in self.backup.glob("*.weights.h5"):
-            if p.name not in keep:
-                p.unlink(missing_ok=True)
-
-    def finish(self, model, best_w):
-        """The best weights: in memory when trained in this process, else from the backup."""
-        if best_w is not None or not self.best_file:
-            return best_w
-        from cxr_tf.training.resume import load_model_weights
-
-        current = model.get_weights()
-        load_model_weights(model, self.backup / self.best_file)
-        best_w = model.get_weights()
-        model.set_weights(current)
-        return best_w
 
 
 def _fit_distributed(cfg, model, dataset, steps, x_val, y_val, val_score, epochs, folder, strategy):

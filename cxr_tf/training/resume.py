@@ -303,3 +303,78 @@ def prepare_resume(run, train_dataset, steps_per_epoch: int):
 def finish(run) -> None:
     """The run is complete (``metrics.json`` written): the backup is no longer needed."""
     shutil.rmtree(run.backup, ignore_errors=True)
+
+
+class EpochProgress:
+    """Resume for a training loop that calls ``model.fit`` one epoch at a time and picks its
+    best epoch by its own score (chexpert_noisy's validation mean AUC on clean labels).
+
+    Usage: ``best, hist, start = p.restore(model, best, hist)``; after each epoch append
+    ``(loss, score)`` to ``hist`` and ``p.commit(model, epoch, hist, best, improved)``; at
+    the end ``best_w = p.finish(model, best_w)``. Each epoch is committed in
+    ``<folder>/backup/state.json`` (the same format as :class:`ResumableBackup`'s), holding
+    the epoch, the weights with the optimizer (``epoch-K.weights.h5``), the best-so-far
+    score, the file of its weights (``best-K.weights.h5``) and the per-epoch history (also
+    ``<folder>/history.csv``, columns ``epoch`` + ``columns``). A restart restores them and
+    trains the remaining epochs; the best epoch is still chosen over all epochs by the
+    score. Not restored: the input order. Each epoch's ``model.fit`` draws its
+    reshuffles from the dataset's seed generator, shared by every repetition and every
+    ``fit`` call (how many draws an epoch makes depends on read-ahead), and MixUp's random
+    state, neither of which can be saved from outside ``fit``. So the epochs after a resume
+    see other batch orders than the uninterrupted run (measured: the same committed epochs,
+    different losses afterwards); an uninterrupted run is unchanged (same numbers as
+    before this class existed).
+    """
+
+    def __init__(self, folder, epochs: int, log, columns=("loss", "val_mean_auc")):
+        self.folder, self.epochs, self.log, self.columns = folder, int(epochs), log, tuple(columns)
+        self.backup = Path(str(folder)) / "backup"
+        self.best_file: str | None = None
+
+    def restore(self, model, best, hist):
+        state = read_state(self.backup)
+        start = state.epoch if state else 0
+        truncate_history_csv(Path(str(self.folder)) / "history.csv", start)
+        if state is None:
+            return best, hist, 0
+        self.log(f"resuming {self.folder}: {state.epoch} of {self.epochs} epochs done"
+                 + (" (training had finished)" if state.complete else ""))
+        restore_weights(model, self.backup, state)
+        saved = state.callbacks
+        best = float(saved["best"]) if saved.get("best") is not None else float("nan")
+        hist = [tuple(h) for h in saved.get("history", [])][:start]
+        self.best_file = saved.get("best_weights")
+        return best, hist, start
+
+    def commit(self, model, epoch: int, hist, best, improved: bool) -> None:
+        self.backup.mkdir(parents=True, exist_ok=True)
+        if improved:
+            self.best_file = f"best-{epoch + 1:04d}.weights.h5"
+            save_weights_atomic(model, self.backup / self.best_file, optimizer=False)
+        name = f"epoch-{epoch + 1:04d}.weights.h5"
+        save_weights_atomic(model, self.backup / name)
+        path = Path(str(self.folder)) / "history.csv"
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            wr = csv.writer(f)
+            if new:
+                wr.writerow(["epoch", *self.columns])
+            wr.writerow([epoch, *hist[-1]])
+        write_json_atomic(self.backup / "state.json", {  # the commit point of this epoch
+            "epoch": epoch + 1, "complete": epoch + 1 >= self.epochs, "weights": name,
+            "callbacks": {"best": None if not math.isfinite(best) else float(best), "best_weights": self.best_file,
+                          "history": [[float(a), None if not math.isfinite(b) else float(b)] for a, b in hist]}})
+        keep = {name, self.best_file}
+        for p in self.backup.glob("*.weights.h5"):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+
+    def finish(self, model, best_w):
+        """The best weights: in memory when trained in this process, else from the backup."""
+        if best_w is not None or not self.best_file:
+            return best_w
+        current = model.get_weights()
+        load_model_weights(model, self.backup / self.best_file)
+        best_w = model.get_weights()
+        model.set_weights(current)
+        return best_w
