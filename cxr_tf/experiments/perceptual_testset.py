@@ -1,16 +1,10 @@
 """Build a perceptual-similarity test set of chest X-rays in the BAPPS layout (SPEC S2).
 
-From real CXRs, 2AFC triplets (reference, p0, p1) and JND pairs (reference,
-distorted) are written as 8-bit PNGs under ``OUT/2afc/<subset>/{ref,p0,p1}/`` and
-``OUT/jnd/<subset>/{p0,p1}/`` with ``OUT/manifest.csv`` recording every item's
-source image, both distortions, their severities and parameters, and the item's
-seed. Two subsets, as in BAPPS: ``traditional`` (every distortion of
-:mod:`cxr_tf.distortions.traditional`) and ``cnn`` (a denoising autoencoder and
-three distorting GANs with different generator knobs, trained here on CXRs of
-patients disjoint from the test set's). Distortion types are balanced: each
-appears equally often (+-1) in the p0 and in the p1 slots; half of the 2AFC
-triplets compare two severities of one distortion, half two different ones.
-The same seed gives byte-identical files and manifest.
+From real CXRs: 2AFC triplets and JND pairs as 8-bit PNGs in the BAPPS layout, with
+``manifest.csv``, in two subsets (``traditional`` distortions; ``cnn``: a denoising
+autoencoder and three distorting GANs trained on other patients' CXRs), distortion types
+balanced; the same seed gives byte-identical files. The layout and the balance rules:
+:mod:`cxr_tf.perceptual.testset`, which builds it.
 
 Judgments (``judge/`` / ``same/``) are not made here: they come from the rater
 app (``cxr-tf judge``) and are scored by ``cxr_tf.experiments.perceptual_agreement``.

@@ -153,3 +153,20 @@ def dicom_bytes(pixels, **elements) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def run_two_workers(module: str, args, cwd: Path, run: Path, timeout: float = 300) -> list[str]:
+    """``module`` on two worker processes on 127.0.0.1 (``--strategy multi_worker``, TF_CONFIG,
+    the same ``--run-dir``), to the end; asserts both exit 0 and returns their logs."""
+    ports = free_ports(2)
+    procs, logs = [], []
+    for i in range(2):
+        logs.append(Path(cwd) / f"worker{i}.log")
+        procs.append(subprocess.Popen(experiment_cmd(*args, "--strategy", "multi_worker", "--run-dir", run,
+                                                     module=module),
+                                      cwd=cwd, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT,
+                                      env=env(TF_CONFIG=tf_config(ports, i))))
+    rcs = [p.wait(timeout=timeout) for p in procs]
+    texts = [log.read_text() for log in logs]
+    assert rcs == [0, 0], "\n\n".join(t[-3000:] for t in texts)
+    return texts

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from _rel_helpers import env, experiment_cmd, free_ports, history_rows, kill_when, start_experiment, tf_config
+from _rel_helpers import env, experiment_cmd, history_rows, kill_when, start_experiment, run_two_workers
 
 pytestmark = pytest.mark.slow
 
@@ -108,18 +108,7 @@ def test_deep_covid_resumes_after_sigkill(tmp_path, data_dir):
 
 def _two_workers(tmp_path: Path, module: str, args: list) -> tuple[Path, list[str]]:
     run = tmp_path / "run"
-    ports = free_ports(2)
-    procs, logs = [], []
-    for i in range(2):
-        logs.append(tmp_path / f"worker{i}.log")
-        procs.append(subprocess.Popen(experiment_cmd(*args, "--strategy", "multi_worker", "--run-dir", run,
-                                                     module=module),
-                                      cwd=tmp_path, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT,
-                                      env=env(TF_CONFIG=tf_config(ports, i))))
-    rcs = [p.wait(timeout=300) for p in procs]
-    texts = [log.read_text() for log in logs]
-    assert rcs == [0, 0], "\n\n".join(t[-3000:] for t in texts)
-    return run, texts
+    return run, run_two_workers(module, args, tmp_path, run)
 
 
 def _no_metrics(folder: Path) -> list[Path]:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from _rel_helpers import env, experiment_cmd, free_ports, history_rows, kill_when, run_experiment, start_experiment, \
-    tf_config
+from _rel_helpers import history_rows, kill_when, run_experiment, run_two_workers, start_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -48,18 +46,7 @@ def _kill_and_resume(module, args, tmp_path, folder, epochs):
 
 
 def _two_workers(module, args, tmp_path, run, timeout=240):
-    ports = free_ports(2)
-    procs, logs = [], []
-    for i in range(2):
-        logs.append(tmp_path / f"worker{i}.log")
-        procs.append(subprocess.Popen(experiment_cmd(*args, "--strategy", "multi_worker", "--run-dir", run,
-                                                     module=module),
-                                      cwd=tmp_path, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT,
-                                      env=env(TF_CONFIG=tf_config(ports, i))))
-    rcs = [p.wait(timeout=timeout) for p in procs]
-    text = [log.read_text() for log in logs]
-    assert rcs == [0, 0], "\n\n".join(t[-3000:] for t in text)
-    for t in text:
+    for t in run_two_workers(module, args, tmp_path, run, timeout=timeout):
         assert "CollectiveAllReduceStrategy" in t and "(2 replicas)" in t
     return run / ".workers" / "worker-1"
 

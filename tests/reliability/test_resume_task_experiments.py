@@ -15,15 +15,16 @@ smoke size:
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from _rel_helpers import env, experiment_cmd, free_ports, history_rows, kill_when, start_experiment, tf_config
+from _rel_helpers import env, experiment_cmd, history_rows, kill_when, start_experiment, run_two_workers
 
-DATA = Path(__import__("os").environ.get("CXR_DATA_DIR", "")) if __import__("os").environ.get("CXR_DATA_DIR") else None
+DATA = Path(os.environ["CXR_DATA_DIR"]) if os.environ.get("CXR_DATA_DIR") else None
 
 TINY = ["--smoke", "--backbone", "tiny_cnn", "--image-size", "32", "--seed", "3"]
 # module -> (args, epochs per training, the results file the finished run writes)
@@ -89,16 +90,7 @@ def test_killed_experiment_resumes_in_the_same_folder(module, tmp_path):
 def test_experiment_runs_on_two_workers(module, tmp_path):
     args = _args(module, tmp_path)
     run = tmp_path / "run"
-    ports = free_ports(2)
-    procs, logs = [], []
-    for i in range(2):
-        logs.append(tmp_path / f"worker{i}.log")
-        procs.append(subprocess.Popen(
-            experiment_cmd(*args, "--strategy", "multi_worker", "--run-dir", run, module=module), cwd=tmp_path,
-            env=env(TF_CONFIG=tf_config(ports, i)), stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT))
-    rcs = [p.wait(timeout=600) for p in procs]
-    texts = [log.read_text() for log in logs]
-    assert rcs == [0, 0], "\n\n".join(t[-3000:] for t in texts)
+    texts = run_two_workers(module, args, tmp_path, run, timeout=600)
     losses = [re.findall(r"epoch \d+/\d+ \(2 replicas\): .*?loss: ([0-9.]+)", t) for t in texts]
     assert losses[0] and losses[0] == losses[1]  # both trained every epoch of every training together
     assert (run / EXPERIMENTS[module][2]).is_file()  # the chief's results in the run folder
