@@ -180,7 +180,6 @@ def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, c
     from cxr_tf.models import build_model
     from cxr_tf.training import flow as common
     from cxr_tf.training import resume
-    from cxr_tf.training.callbacks import standard_callbacks
     from cxr_tf.training.loop import compile_classifier
 
     seed = cfg.seed if seed is None else seed
@@ -198,24 +197,12 @@ def train_point(cfg, arm, backbone, init, train_sub, val_ds, test_ds, run_dir, c
     test = build_pipeline(test_ds, cfg.image_size, cfg.batch_size, training=False)
     with strategy.scope() if multi else contextlib.nullcontext():
         compile_classifier(model, cfg.optimizer_config(), train.steps, cfg.epochs, cfg.label_smoothing)
-    t = time.time()
-    if multi:
-        from cxr_tf.training.distributed import fit_distributed
-
-        # no class weights (as model.fit here), no sample-image logger (points are many)
-        fit_distributed(cfg, model, None, (train, val, test), run_dir, strategy, class_weights=False)
-        fit_s = time.time() - t
-        if not common.is_chief(cfg):
-            return None, fit_s
-    else:
-        state, data = resume.prepare_resume(run_dir, train.dataset, train.steps)
-        if state is not None:
-            common.log(f"resuming {run_dir}: {state.epoch} of {cfg.epochs} epochs done"
-                       + (" (training had finished)" if state.complete else ""))
-        model.fit(data, validation_data=val.dataset, epochs=cfg.epochs, steps_per_epoch=train.steps,
-                  callbacks=standard_callbacks(run_dir, monitor="val_auc", patience=cfg.early_stopping),
-                  shuffle=False, verbose=2)
-        fit_s = time.time() - t
+    # the shared trainer (resume; multi_worker: the custom loop); no class weights and no
+    # sample-image logger, as before (points are many)
+    _, fit_s = common.fit(cfg, model, None, (train, val, test), run_dir, loggers=False,
+                          distributed={"strategy": strategy, "class_weights": False})
+    if not common.is_chief(cfg):
+        return None, fit_s
     common.restore_best(model, run_dir)
     prob = np.asarray(model.predict(test.dataset, verbose=0))
     m = classification_metrics(test_ds.class_index(), prob, class_names, seed=seed)

@@ -273,8 +273,6 @@ def run(cfg: SSLPretrainConfig) -> dict:
     from cxr_tf.models.unet_cbam import UNetCBAM
     from cxr_tf.ssl.losses import RestorationLoss
     from cxr_tf.ssl.transforms import make_pair_dataset
-    from cxr_tf.training import resume
-    from cxr_tf.training.callbacks import standard_callbacks
     from cxr_tf.training.loop import make_optimizer
     from cxr_tf.training.run import create_run_dir
 
@@ -295,34 +293,21 @@ def run(cfg: SSLPretrainConfig) -> dict:
     params = int(sum(np.prod(w.shape) for w in model.weights))
     common.log(f"{model.name}: {params:,} parameters, {n_train} train / {n_val} val images, {steps} steps/epoch")
 
-    t = time.time()
-    if cfg.strategy == "multi_worker":
-        # Keras 3 model.fit fails under MultiWorkerMirroredStrategy: the shared custom loop,
-        # restoration loss per example, best epoch by validation SSIM (resumes from backup/).
-        from types import SimpleNamespace
+    # The shared trainer: model.fit with resume (a killed run resumes from backup/), or under
+    # multi_worker the custom loop with the restoration loss and the best epoch by val SSIM.
+    from types import SimpleNamespace
 
-        from cxr_tf.training.distributed import Monitor, fit_distributed
+    from cxr_tf.training.distributed import Monitor
 
-        pipes = (SimpleNamespace(dataset=train, steps=steps), SimpleNamespace(dataset=val, num_examples=n_val), None)
-        fit_distributed(cfg, model, None, pipes, run_dir, strategy, monitor=Monitor("val_ssim", mean_ssim),
-                        classifier=False)
-        fit_s = time.time() - t
-        if not common.is_chief(cfg):  # only the chief evaluates and writes the encoder
-            common.log("worker done (training); the chief writes the results")
-            return {"experiment": cfg.experiment, "chief": False, "fit_seconds": round(fit_s, 1)}
-        return finish(cfg, model, run_dir, val, counts, n_train, n_val, steps, fit_s, t0)
-    # A killed run resumes from backup/ (--run-dir / --resume): history.csv cut to the
-    # committed epochs, the input stream skips the batches they consumed.
-    state, train_data = resume.prepare_resume(run_dir, train, steps)
-    if state is not None:
-        common.log(f"resuming {run_dir}: {state.epoch} of {cfg.epochs} epochs done"
-                   + (" (training had finished)" if state.complete else ""))
-    cbs = standard_callbacks(run_dir, monitor="val_ssim", patience=cfg.early_stopping)
-    backup = [c for c in cbs if isinstance(c, resume.ResumableBackup)]
-    cbs = [c for c in cbs if c not in backup] + [make_grid_logger(val, str(run_dir.tensorboard))] + backup
-    model.fit(train_data, validation_data=val, epochs=cfg.epochs, steps_per_epoch=steps, callbacks=cbs,
-              shuffle=False, verbose=2)
-    fit_s = time.time() - t
+    pipes = (SimpleNamespace(dataset=train, steps=steps), SimpleNamespace(dataset=val, num_examples=n_val), None)
+    extra = [] if cfg.strategy == "multi_worker" else [make_grid_logger(val, str(run_dir.tensorboard))]
+    _, fit_s = common.fit(cfg, model, None, pipes, run_dir, extra_callbacks=extra, loggers=False,
+                          monitor="val_ssim",
+                          distributed={"strategy": strategy, "monitor": Monitor("val_ssim", mean_ssim),
+                                       "classifier": False})
+    if not common.is_chief(cfg):  # only the chief evaluates and writes the encoder
+        common.log("worker done (training); the chief writes the results")
+        return {"experiment": cfg.experiment, "chief": False, "fit_seconds": round(fit_s, 1)}
     return finish(cfg, model, run_dir, val, counts, n_train, n_val, steps, fit_s, t0)
 
 

@@ -219,15 +219,21 @@ def build_pipelines(cfg, ds: CXRDataset, split: np.ndarray, strategy):
     return (train_ds, val_ds, test_ds), (train, val, test)
 
 
-def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = True, monitor: str = "val_auc"):
+def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = True, monitor: str = "val_auc",
+        distributed: dict | None = None):
     """Fit with the standard callbacks; returns (history dict, seconds).
+
+    The one place that trains: ``model.fit`` with resume (the backup callback commits an
+    epoch last), or under ``--strategy multi_worker`` the custom loop
+    (:func:`cxr_tf.training.distributed.fit_distributed`, given ``distributed`` as keyword
+    arguments: its ``monitor``, ``classifier=False`` for a model that is not a classifier, ...).
 
     ``loggers=False`` leaves out the TensorBoard sample-image and confusion-matrix
     loggers (the latter predicts the validation set again every epoch): sweeps of
-    many small trainings keep the scalars only. ``pipes[1]`` may be None: no validation
-    (e.g. a trunk pretraining kept at its last epoch); ``monitor`` is then a training
-    metric (``"auc"``) for the best checkpoint of the ``model.fit`` path (the multi-worker
-    loop then keeps no best checkpoint).
+    many small trainings and models that are not classifiers keep the scalars only.
+    ``pipes[1]`` may be None: no validation (e.g. a trunk pretraining kept at its last
+    epoch); ``monitor`` is then a training metric (``"auc"``) for the best checkpoint of the
+    ``model.fit`` path (the multi-worker loop then keeps no best checkpoint).
     """
     from cxr_tf.data import class_weights
     from cxr_tf.training.callbacks import ConfusionMatrixLogger, SampleImagesLogger, standard_callbacks
@@ -243,7 +249,7 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = Tr
             import types
 
             pipes = (train, types.SimpleNamespace(dataset=None, num_examples=0, steps=0), pipes[2])
-        return fit_distributed(cfg, model, train_ds, pipes, run)
+        return fit_distributed(cfg, model, train_ds, pipes, run, **(distributed or {}))
     # A killed run resumes from backup/: history.csv is cut to the committed epochs and the
     # input stream skips the batches they consumed (cxr_tf.training.resume).
     state, train_data = resume.prepare_resume(run, train.dataset, train.steps)
@@ -259,7 +265,7 @@ def fit(cfg, model, train_ds, pipes, run, extra_callbacks=(), loggers: bool = Tr
         y_val = np.concatenate([np.asarray(y).argmax(1) for _, y in val.dataset])
         cbs.append(ConfusionMatrixLogger(val.dataset, y_val, str(run.tensorboard), model.class_names))
     cbs += list(extra_callbacks) + backup  # the backup commits an epoch last
-    cw = class_weights(train_ds) if cfg.balance == "class_weight" else None
+    cw = class_weights(train_ds) if cfg.balance == "class_weight" and train_ds is not None else None
     t = time.time()
     hist = model.fit(train_data, validation_data=None if val is None else val.dataset, epochs=cfg.epochs,
                      steps_per_epoch=train.steps, callbacks=cbs, class_weight=cw, shuffle=False,
